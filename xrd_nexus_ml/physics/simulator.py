@@ -1,0 +1,193 @@
+"""The one powder-pattern simulator: structures in, batches of patterns out, CPU or GPU.
+
+Training, tests, the simulated beamline and the benchmarks all call this. Structures are
+streamed in batches (memory is bounded by `batch_size`, never by the number of structures),
+and within a stream they are grouped by cell volume x atoms so a batch carries little padding.
+Augmentations hook in at four stages: the crystal (e.g. Debye-Waller factors), the individual
+reflections (preferred orientation), the merged peaks (shifts, strain, peak loss, impurity)
+and the rendered pattern (background, noise, masking); see `physics.augment`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid, resolve_wavelength
+from xrd_nexus_ml.physics.crystal import CrystalArrays, CrystalBatch, as_crystal_arrays
+from xrd_nexus_ml.physics.diffraction import reflection_intensities
+from xrd_nexus_ml.physics.peaks import PeakList
+from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid, RenderSettings, render
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    """`TORCH_DEVICE` if set, else CUDA when present, else CPU."""
+    import os
+
+    name = os.environ.get("TORCH_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class SimulatedBatch:
+    """What flows through one simulation: the stages augmentations act on, in order."""
+
+    crystals: CrystalBatch
+    settings: RenderSettings
+    reflections: PeakList | None = None
+    peaks: PeakList | None = None
+    intensity: torch.Tensor | None = None  # (B, G)
+    mask: torch.Tensor | None = None  # (B, G) bool: measured points
+    extras: dict = field(default_factory=dict)  # per-pattern facts transforms record (e.g. shifts)
+
+
+@dataclass
+class PowderSimulator:
+    """Batched kinematic powder simulator.
+
+    wavelength: Å or an anode name ('CuKa'). grid: a `RenderGrid` (2θ or q); defaults to the
+    canonical q grid. profile: peak shape and widths. batch_size bounds memory.
+    """
+
+    wavelength: float | str = "CuKa"
+    grid: RenderGrid | QGrid = field(default_factory=lambda: RenderGrid.from_qgrid(CANONICAL_GRID))
+    profile: PeakProfile = field(default_factory=PeakProfile)
+    device: torch.device | str | None = None
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 128
+
+    def __post_init__(self):
+        self.wavelength = resolve_wavelength(self.wavelength)
+        if isinstance(self.grid, QGrid):
+            self.grid = RenderGrid.from_qgrid(self.grid)
+        self.device = torch.device(self.device) if self.device is not None else default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            log.warning("CUDA requested but not available; simulating on the CPU")
+            self.device = torch.device("cpu")
+
+    @property
+    def settings(self) -> RenderSettings:
+        return RenderSettings(wavelength=self.wavelength, grid=self.grid, profile=self.profile)
+
+    # -- one batch ---------------------------------------------------------------------
+    def batch(self, structures: Sequence) -> CrystalBatch:
+        return CrystalBatch.from_items(structures, device=self.device, dtype=self.dtype)
+
+    def reflections(self, crystals: CrystalBatch) -> PeakList:
+        """Every Friedel-unique reflection that can reach the grid, with its integrated intensity."""
+        s = self.settings
+        return reflection_intensities(crystals, s.wavelength, q_max=s.q_max, q_min=s.q_min)
+
+    def run(self, structures: Sequence, augment=None, generator: torch.Generator | None = None) -> SimulatedBatch:
+        """Simulate one batch through all stages, applying `augment` (a `physics.augment` pipeline)."""
+        state = SimulatedBatch(crystals=self.batch(structures), settings=self.settings)
+        stage = augment.apply if augment is not None else (lambda _name, st, _gen: st)
+        state = stage("crystal", state, generator)
+        state.reflections = self.reflections(state.crystals)
+        state = stage("reflections", state, generator)
+        state.peaks = state.reflections.merged().without_weak()
+        state = stage("peaks", state, generator)
+        state.intensity = render(state.peaks, state.settings)
+        state.mask = torch.ones_like(state.intensity, dtype=torch.bool)
+        state = stage("pattern", state, generator)
+        return state
+
+    def simulate(self, structures: Sequence, augment=None, generator=None) -> torch.Tensor:
+        """Patterns (B, n_points) on the grid, integrated intensities preserved (not normalised)."""
+        return self.run(structures, augment=augment, generator=generator).intensity
+
+    def sticks(self, structures: Sequence, two_theta_range: tuple[float, float] | None = None):
+        """(2θ in degrees, intensity scaled to max 100) per structure, merged like pymatgen's sticks."""
+        crystals = self.batch(structures)
+        peaks = self.reflections(crystals).merged().without_weak(1e-5)
+        two_theta = peaks.two_theta(self.wavelength).cpu().numpy()
+        intensity = peaks.intensity.cpu().numpy()
+        lo, hi = two_theta_range if two_theta_range is not None else (0.0, 180.0)
+        out = []
+        for tt, inten in zip(two_theta, intensity):
+            keep = (inten > 0) & (tt >= lo) & (tt <= hi)
+            order = np.argsort(tt[keep])
+            tt_k, in_k = tt[keep][order], inten[keep][order]
+            out.append((tt_k, 100.0 * in_k / in_k.max() if in_k.size else in_k))
+        return out
+
+    # -- many structures -------------------------------------------------------------------
+    def stream(
+        self,
+        structures: Iterable,
+        augment=None,
+        generator: torch.Generator | None = None,
+        sort_window: int = 8,
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Yield (indices, patterns) batches for any number of structures, holding at most
+        `sort_window` batches of structures at a time. Within that window structures are
+        grouped by cell volume x atoms (padding in a batch stays small), so the indices say
+        which input each row belongs to.
+        """
+        window: list[tuple[int, CrystalArrays]] = []
+        for index, item in enumerate(structures):
+            window.append((index, as_crystal_arrays(item)))
+            if len(window) >= self.batch_size * sort_window:
+                yield from self._simulate_window(window, augment, generator)
+                window = []
+        if window:
+            yield from self._simulate_window(window, augment, generator)
+
+    def _simulate_window(self, window, augment, generator):
+        window.sort(key=lambda pair: _work_estimate(pair[1]))
+        for chunk in _balanced_batches(window, self.batch_size):
+            patterns = self.simulate([c for _, c in chunk], augment=augment, generator=generator)
+            yield [i for i, _ in chunk], patterns
+
+    def simulate_all(self, structures: Iterable, augment=None, generator=None, progress: bool = False) -> np.ndarray:
+        """All patterns as one (n, n_points) float32 array, in input order (for modest n)."""
+        rows: dict[int, np.ndarray] = {}
+        batches = self.stream(structures, augment=augment, generator=generator)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc="simulating", unit="batch")
+        for indices, patterns in batches:
+            for i, row in zip(indices, patterns.cpu().numpy().astype(np.float32)):
+                rows[i] = row
+        return np.stack([rows[i] for i in range(len(rows))]) if rows else np.zeros((0, self.grid.n_points))
+
+    def diffractogram(self, structure, normalise: bool = True) -> Diffractogram:
+        """One structure as a `Diffractogram` on the simulator's grid."""
+        pattern = self.simulate([structure])[0].cpu().double().numpy()
+        axis = self.grid.axis
+        x = self.grid.values.numpy()
+        d = Diffractogram(x=x, intensity=pattern, axis=axis, wavelength=self.wavelength,
+                          source=getattr(structure, "formula", None) or as_crystal_arrays(structure).name)
+        return d.normalised("max") if normalise else d
+
+
+def _work_estimate(crystal: CrystalArrays) -> float:
+    """Reflections x atoms: reflections up to a fixed q scale with the cell volume."""
+    return crystal.volume * len(crystal.atomic_numbers)
+
+
+def _balanced_batches(items: list, batch_size: int, max_padding: float = 2.0):
+    """Cut a work-sorted list into batches of at most `batch_size`, starting a new batch early
+    when padding every row to the largest would cost more than `max_padding` x the real work
+    (a few very large cells then come in small batches instead of inflating a big one)."""
+    batch: list = []
+    total = 0.0
+    for item in items:
+        work = _work_estimate(item[1])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * work > max_padding * (total + work)):
+            yield batch
+            batch, total = [], 0.0
+        batch.append(item)
+        total += work
+    if batch:
+        yield batch
+
