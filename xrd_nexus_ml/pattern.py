@@ -8,6 +8,7 @@ actually measured. That way one model serves any beam energy and any 2θ range.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,10 +40,10 @@ WAVELENGTHS: dict[str, float] = {
 HC_KEV_ANGSTROM = 12.398419843320026
 
 
-def energy_to_wavelength(energy_kev: float) -> float:
+def energy_to_wavelength(energy_kev: float, source: str | None = None) -> float:
     """Photon energy in keV -> wavelength in Å."""
-    if not (isinstance(energy_kev, (int, float)) and math.isfinite(energy_kev) and energy_kev > 0):
-        raise WavelengthError(f"beam energy must be a positive number of keV, got {energy_kev!r}")
+    if not (isinstance(energy_kev, numbers.Real) and math.isfinite(energy_kev) and energy_kev > 0):
+        raise WavelengthError(f"beam energy must be a positive number of keV, got {energy_kev!r}", source)
     return HC_KEV_ANGSTROM / float(energy_kev)
 
 
@@ -222,9 +223,8 @@ class Diffractogram:
     def resample(self, grid: np.ndarray | QGrid, axis: Axis = "q") -> Diffractogram:
         """Linear interpolation onto `grid`; points outside the measured range get 0 and mask False."""
         target = grid.values if isinstance(grid, QGrid) else np.asarray(grid, dtype=float)
-        src_x = self.q if axis == "q" else self.to_two_theta().x
-        src_y = self.intensity if axis == "q" else self.to_two_theta().intensity
-        src_m = self.mask if axis == "q" else self.to_two_theta().mask
+        source = self.to_q() if axis == "q" else self.to_two_theta()
+        src_x, src_y, src_m = source.x, source.intensity, source.mask
         inside = (target >= src_x[0]) & (target <= src_x[-1])
         values = np.interp(target, src_x, src_y, left=0.0, right=0.0)
         # a target point is measured only if both neighbours it was interpolated from were

@@ -1,0 +1,1 @@
+"""Everything that speaks Bluesky: callbacks, simulated beamline devices, steering plans, storage."""

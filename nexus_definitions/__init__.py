@@ -1,0 +1,1 @@
+"""Proposed NeXus application definition(s) for ML-classified powder diffraction, writers and checks."""

@@ -1,0 +1,1 @@
+"""Training: data streams, loops, recipes and distributed runs (streams for now)."""

@@ -1,0 +1,29 @@
+"""File input: measured patterns (text, XRDML, .npy, NeXus/HDF5) and crystal structures (CIF).
+
+`read_pattern` picks the reader from the file suffix; the individual readers are public for
+callers who know the format or need its options (e.g. `read_nexus(entry=...)`).
+"""
+
+from xrd_nexus_ml.io.readers import (
+    SUPPORTED_SUFFIXES,
+    PatternFileNotFoundError,
+    StructureFileNotFoundError,
+    read_nexus,
+    read_npy,
+    read_pattern,
+    read_structure,
+    read_xrdml,
+    read_xy,
+)
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "PatternFileNotFoundError",
+    "StructureFileNotFoundError",
+    "read_nexus",
+    "read_npy",
+    "read_pattern",
+    "read_structure",
+    "read_xrdml",
+    "read_xy",
+]
