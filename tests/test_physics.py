@@ -176,3 +176,22 @@ def test_gpu_matches_cpu():
     cpu = PowderSimulator(device="cpu").simulate(structures)
     gpu = PowderSimulator(device="cuda").simulate(structures).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3 * float(cpu.max()))
+
+
+def test_stream_reads_ahead_by_at_most_one_window():
+    """Memory is bounded by batch_size x sort_window structures, however long the input is."""
+    base = rocksalt()
+    pulled = []
+
+    def endless():
+        for i in range(10_000):
+            pulled.append(i)
+            yield Structure(Lattice.cubic(5.0 + 0.001 * (i % 100)), base.species, base.frac_coords)
+
+    sim = PowderSimulator(wavelength=CU_KA1, device="cpu", batch_size=4)
+    stream = sim.stream(endless(), sort_window=3)
+    yielded = 0
+    for _ in range(5):
+        indices, _patterns = next(stream)
+        yielded += len(indices)
+        assert len(pulled) - yielded <= 4 * 3

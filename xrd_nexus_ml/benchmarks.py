@@ -117,3 +117,39 @@ def bench_simulate(
         "device": describe_device(sim.device),
         "torch": torch.__version__,
     }
+
+
+def bench_stream(structures: list, n_patterns: int, batch_size: int = 64, device: str | None = None) -> dict:
+    """Stream `n_patterns` simulations (cycling through `structures`) and watch resident memory.
+
+    Shows that memory is bounded by the batch size, not by the number of patterns: RSS is
+    sampled after the first batches and at the end.
+    """
+    import itertools
+
+    import psutil
+
+    from xrd_nexus_ml.physics.crystal import as_crystal_arrays
+
+    arrays = [as_crystal_arrays(s) for s in structures]
+    source = itertools.islice(itertools.cycle(arrays), n_patterns)
+    sim = PowderSimulator(device=device, batch_size=batch_size)
+    process = psutil.Process()
+    done, rss_start = 0, None
+    start = time.perf_counter()
+    for indices, patterns in sim.stream(source):
+        done += len(indices)
+        if rss_start is None and done >= 8 * batch_size:
+            rss_start = process.memory_info().rss / 2**20
+    seconds = time.perf_counter() - start
+    rss_end = process.memory_info().rss / 2**20
+    return {
+        "n_patterns": done,
+        "batch_size": batch_size,
+        "patterns_per_s": done / seconds,
+        "rss_after_first_window_mb": rss_start,
+        "rss_end_mb": rss_end,
+        "rss_growth_mb": rss_end - (rss_start or rss_end),
+        "output_if_held_mb": done * sim.grid.n_points * 4 / 2**20,
+        "device": describe_device(sim.device),
+    }

@@ -114,16 +114,23 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from xrd_nexus_ml.benchmarks import bench_simulate
+    from xrd_nexus_ml.benchmarks import bench_simulate, bench_stream
     from xrd_nexus_ml.references import aflow_prototypes
 
-    structures = [s for _, s in aflow_prototypes()][: args.n]
-    result = bench_simulate(structures, device=args.device, batch_size=args.batch_size, repeats=args.repeats)
+    structures = [s for _, s in aflow_prototypes()]
+    if args.bench == "stream":
+        result = bench_stream(structures, n_patterns=args.n, batch_size=args.batch_size, device=args.device)
+        summary = (f"{result['n_patterns']} patterns at {result['patterns_per_s']:.0f}/s, resident memory grew "
+                   f"{result['rss_growth_mb']:.0f} MB (holding them would take {result['output_if_held_mb']:.0f} MB)")
+    else:
+        result = bench_simulate(structures[: args.n], device=args.device, batch_size=args.batch_size,
+                                repeats=args.repeats)
+        summary = (f"{result['n_structures']} structures: pymatgen {result['pymatgen_patterns_per_s']:.0f}/s, "
+                   f"ours {result['ours_patterns_per_s']:.0f}/s, speedup {result['speedup']:.1f}x on {result['device']}")
     if args.json:
         _print_json(result)
     else:
-        print(f"{result['n_structures']} structures: pymatgen {result['pymatgen_patterns_per_s']:.0f}/s, "
-              f"ours {result['ours_patterns_per_s']:.0f}/s, speedup {result['speedup']:.1f}x on {result['device']}")
+        print(summary)
     return 0
 
 
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("stream", help="stream many simulations and report resident-memory growth")
+    b.add_argument("--n", type=int, default=100_000, help="patterns to simulate (cycling the AFLOW prototypes)")
+    b.add_argument("--device", default=None)
+    b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return parser

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class XrdNexusMlError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -26,3 +28,19 @@ class WavelengthError(PatternError):
 
 class StructureError(XrdNexusMlError, ValueError):
     """A crystal structure cannot be simulated (unknown element, empty cell, bad lattice)."""
+
+
+class PatternFileNotFoundError(PatternFileError, FileNotFoundError):
+    """A pattern file does not exist; caught by `except FileNotFoundError` as well."""
+
+    def __init__(self, problem: str, source: str | None = None):
+        super().__init__(problem, source)
+        self.errno = errno.ENOENT
+
+
+class StructureFileNotFoundError(StructureError, FileNotFoundError):
+    """A structure file does not exist; caught by `except FileNotFoundError` as well."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOENT

@@ -4,10 +4,9 @@
 callers who know the format or need its options (e.g. `read_nexus(entry=...)`).
 """
 
+from xrd_nexus_ml.errors import PatternFileNotFoundError, StructureFileNotFoundError
 from xrd_nexus_ml.io.readers import (
     SUPPORTED_SUFFIXES,
-    PatternFileNotFoundError,
-    StructureFileNotFoundError,
     read_nexus,
     read_npy,
     read_pattern,

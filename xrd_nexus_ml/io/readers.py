@@ -10,7 +10,6 @@ messages with their own files, far from this code.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -22,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xrd_nexus_ml.errors import PatternError, PatternFileError, StructureError, WavelengthError
+from xrd_nexus_ml.errors import (
+    PatternError,
+    PatternFileError,
+    PatternFileNotFoundError,
+    StructureError,
+    StructureFileNotFoundError,
+    WavelengthError,
+)
 from xrd_nexus_ml.pattern import WAVELENGTHS, Axis, Diffractogram, energy_to_wavelength, resolve_wavelength
 
 if TYPE_CHECKING:
@@ -37,22 +43,6 @@ XRDML_SUFFIXES = (".xrdml",)
 NPY_SUFFIXES = (".npy",)
 NEXUS_SUFFIXES = (".nxs", ".nx", ".h5", ".hdf5", ".hdf")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + XRDML_SUFFIXES + NPY_SUFFIXES + NEXUS_SUFFIXES
-
-
-class PatternFileNotFoundError(PatternFileError, FileNotFoundError):
-    """A pattern file does not exist; caught by `except FileNotFoundError` as well."""
-
-    def __init__(self, problem: str, source: str | None = None):
-        super().__init__(problem, source)
-        self.errno = errno.ENOENT
-
-
-class StructureFileNotFoundError(StructureError, FileNotFoundError):
-    """A structure file does not exist; caught by `except FileNotFoundError` as well."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.errno = errno.ENOENT
 
 
 # -- shared helpers ------------------------------------------------------------------------
