@@ -114,9 +114,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from xrd_nexus_ml.benchmarks import bench_simulate, bench_stream
+    from xrd_nexus_ml.benchmarks import bench_simulate, bench_stream, bench_synthetic
     from xrd_nexus_ml.references import aflow_prototypes
 
+    if args.bench == "synthetic":
+        result = bench_synthetic(n_crystals=args.n, batch_size=args.batch_size)
+        _print_json(result)
+        return 0
     structures = [s for _, s in aflow_prototypes()]
     if args.bench == "stream":
         result = bench_stream(structures, n_patterns=args.n, batch_size=args.batch_size, device=args.device)
@@ -183,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("synthetic", help="random-crystal generator and simulation throughput (JSON)")
+    b.add_argument("--n", type=int, default=1000, help="crystals to generate")
+    b.add_argument("--batch-size", type=int, default=64)
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("stream", help="stream many simulations and report resident-memory growth")
     b.add_argument("--n", type=int, default=100_000, help="patterns to simulate (cycling the AFLOW prototypes)")
