@@ -52,7 +52,8 @@ class PeakList:
         Cubic structures have up to 48 equivalent reflections per peak, so merging before
         rendering cuts the profile work by that factor. `tolerance` is relative in q.
         """
-        q, order = torch.sort(torch.where(self.intensity > 0, self.q, torch.full_like(self.q, float("inf"))), dim=1)
+        live_q = torch.where(self.intensity > 0, self.q, torch.full_like(self.q, float("inf")))
+        q, order = torch.sort(live_q, dim=1, stable=True)  # stable: the representative hkl is reproducible
         intensity = torch.gather(self.intensity, 1, order)
         hkl = torch.gather(self.hkl, 1, order.unsqueeze(-1).expand(-1, -1, 3))
         finite = torch.isfinite(q)
