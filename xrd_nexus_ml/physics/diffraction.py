@@ -35,8 +35,8 @@ def enumerate_reflections(crystals: CrystalBatch, q_max: float, q_min: float = 0
     """Friedel-unique hkl with q_min <= q <= q_max for each structure, packed to (B, M, 3).
 
     Returns (hkl, q, valid). |h| <= q_max |a| / 2π bounds the search box of each structure;
-    the batch shares the largest box, which is why the simulator groups structures of similar
-    cell size into a batch.
+    the batch shares the largest box, one more reason the simulator batches structures of
+    similar size together.
     """
     g_max = q_max / (2.0 * math.pi)
     lengths = torch.linalg.norm(crystals.lattice, dim=-1)  # (B, 3) |a|, |b|, |c|
