@@ -138,6 +138,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from xrd_nexus_ml.transitions.evaluate import cmd_evaluate_transition
+
+    return cmd_evaluate_transition(args)
+
+
+def cmd_train(args) -> int:
+    from training.transition import cmd_train_transition
+
+    return cmd_train_transition(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrd-nexus-ml",
@@ -198,6 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("evaluate", help="evaluations that print JSON")
+    evaluate = p.add_subparsers(dest="evaluation", required=True, metavar="WHAT")
+    e = evaluate.add_parser("transition", help="phase-transition models and change point on simulated pressure ramps")
+    e.add_argument("--n-ramps", type=int, default=8, help="fresh test ramps (349 frames each)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--fast", action="store_true", help="fewer training epochs (smoke runs)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train models and write their bundles")
+    train = p.add_subparsers(dest="training", required=True, metavar="WHAT")
+    t = train.add_parser("transition", help="the phase-transition models, in the seed's 4 + 40 regime")
+    t.add_argument("--out", required=True, help="folder for the bundles")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--fast", action="store_true", help="fewer training epochs (smoke runs)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
     return parser
 
 
