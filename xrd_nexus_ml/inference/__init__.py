@@ -1,0 +1,28 @@
+"""Inference: trained bundles in, `FramePrediction` records out (pattern -> model -> record).
+
+`engine` loads the models once and classifies batches of frames per run; `library` is the
+open-set check; `records` is the plain data every consumer (Bluesky documents, NeXus) moves.
+"""
+
+from xrd_nexus_ml.inference.engine import (
+    Frame,
+    InferenceEngine,
+    RunClassifier,
+    resolve_device,
+    shipped_model,
+)
+from xrd_nexus_ml.inference.library import LibraryGate
+from xrd_nexus_ml.inference.records import FLAGS, FramePrediction, ModelProvenance, event_data_keys
+
+__all__ = [
+    "FLAGS",
+    "Frame",
+    "FramePrediction",
+    "InferenceEngine",
+    "LibraryGate",
+    "ModelProvenance",
+    "RunClassifier",
+    "event_data_keys",
+    "resolve_device",
+    "shipped_model",
+]

@@ -1,0 +1,248 @@
+"""The inference engine: model bundles loaded once, frames in, `FramePrediction` records out.
+
+`InferenceEngine` holds the models (phase classifier, open-set gate, and whichever other
+models have landed) and their provenance; `engine.new_run()` gives a `RunClassifier` that also
+holds what one scan has learnt so far (the online transition estimate), so the same engine
+serves many runs. Bluesky is not needed here: the callback, `classify FILE.nxs` and the
+evaluations all call `RunClassifier.classify`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from xrd_nexus_ml import __version__
+from xrd_nexus_ml.errors import PatternError
+from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
+from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
+from xrd_nexus_ml.pattern import Diffractogram
+from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint
+from xrd_nexus_ml.transitions.models import load_model, prepare_frames
+
+log = logging.getLogger(__name__)
+
+#: Bundles shipped in the package (see README "Models shipped"; rebuilt by `xrd-nexus-ml train transition`).
+SHIPPED_MODELS = files("xrd_nexus_ml") / "data" / "models"
+DEFAULT_PHASE_MODEL = "transition/end_to_end"
+DEFAULT_GATE_MODEL = "transition/cosine_baseline"
+
+
+def shipped_model(name: str) -> Path:
+    """Folder of a bundle shipped with the package, e.g. `shipped_model("transition/end_to_end")`."""
+    return Path(str(SHIPPED_MODELS / name))
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto"/None: `TORCH_DEVICE`, else CUDA when present, else CPU; a CUDA request without CUDA
+    falls back to the CPU with a warning instead of failing the scan."""
+    from xrd_nexus_ml.physics.simulator import default_device
+
+    if device is None or str(device) == "auto":
+        return default_device()
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log.warning("device %s asked for but CUDA is not available: running on the CPU", device)
+        return torch.device("cpu")
+    return device
+
+
+@dataclass
+class Frame:
+    """One detector frame as it reaches the classifier.
+
+    intensity on `two_theta` (degrees) at `wavelength` (Å), or a `Diffractogram`, or a bare
+    array already on the model's q grid (two_theta None). `received` (time.perf_counter) starts
+    the latency clock.
+    """
+
+    seq_num: int
+    intensity: np.ndarray | Diffractogram
+    two_theta: np.ndarray | None = None
+    wavelength: float | None = None
+    pressure: float = math.nan
+    energy: float = math.nan
+    raw_uid: str = ""
+    received: float = field(default_factory=time.perf_counter)
+
+    def pattern(self):
+        """A Diffractogram of this frame on its own axis, or the bare array when it has no axis
+        (or an unusable one: `prepare_frames` then flags or resamples it, and says why)."""
+        if isinstance(self.intensity, Diffractogram) or self.two_theta is None:
+            return self.intensity
+        y = np.asarray(self.intensity, dtype=float).ravel()
+        axis = np.asarray(self.two_theta, dtype=float)
+        if y.size != axis.size or self.wavelength is None or not np.all(np.isfinite(y)):
+            return y
+        try:
+            return Diffractogram(x=axis, intensity=y, axis="two_theta", wavelength=float(self.wavelength))
+        except PatternError:
+            return y
+
+
+def _provenance(task: str, model, card: Path, device: torch.device) -> ModelProvenance:
+    weights = card.parent / "weights.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "unsaved"
+    return ModelProvenance(model_id=f"{task}/{model.kind}@{digest}", task=task, kind=model.kind,
+                           version=__version__, card=str(card), device=str(device))
+
+
+class InferenceEngine:
+    """Models loaded once and reused for every run.
+
+    phase_model: a trained transition classifier (`xrd_nexus_ml.transitions`), phases in order
+    of pressure. gate: the open-set check (None: never flags out of library). top_k: how many
+    phases each record ranks. The transition models are a few hundred kB of per-bin networks fed
+    by NumPy preprocessing, so they run on the CPU whatever `device` says; `device` is where
+    GPU-capable models run, and what the provenance records for them.
+    """
+
+    def __init__(self, phase_model, gate: LibraryGate | None = None, top_k: int = 3, device="auto",
+                 changepoint_options: dict | None = None, provenance: Sequence[ModelProvenance] = ()):
+        if not getattr(phase_model, "fitted", False):
+            raise ValueError(f"{type(phase_model).__name__} is not trained")
+        self.phase_model = phase_model
+        self.gate = gate
+        self.phase_names = tuple(phase_model.phase_names)
+        self.top_k = max(1, min(int(top_k), len(self.phase_names)))
+        self.device = resolve_device(device)
+        self.changepoint_options = dict(changepoint_options or {})
+        self.provenance = tuple(provenance)
+        self.model_ids = ";".join(p.model_id for p in self.provenance)
+
+    @classmethod
+    def from_bundles(cls, phase_model: str | Path = DEFAULT_PHASE_MODEL, gate_model: str | Path | None = DEFAULT_GATE_MODEL,
+                     threshold: float = DEFAULT_THRESHOLD, device="auto", **kwargs) -> InferenceEngine:
+        """Load bundles by folder, or by shipped name ("transition/end_to_end")."""
+        resolved = resolve_device(device)
+
+        def folder(name) -> Path:
+            path = Path(name)
+            return path if path.is_dir() else shipped_model(str(name))
+
+        phase_dir = folder(phase_model)
+        model = load_model(phase_dir)
+        provenance = [_provenance("phase_classification", model, phase_dir / "card.json", torch.device("cpu"))]
+        gate = None
+        if gate_model is not None:
+            gate_dir = folder(gate_model)
+            references = load_model(gate_dir)
+            if tuple(references.phase_names) != tuple(model.phase_names):
+                raise ValueError(f"{gate_dir / 'card.json'}: phases {references.phase_names} differ from the phase "
+                                 f"model's {model.phase_names}")
+            gate = LibraryGate.from_models(references, model, threshold)
+            provenance.append(_provenance("open_set", references, gate_dir / "card.json", torch.device("cpu")))
+        return cls(model, gate, device=resolved, provenance=provenance, **kwargs)
+
+    def new_run(self) -> RunClassifier:
+        """A classifier for one scan: the transition estimate starts from nothing."""
+        return RunClassifier(self)
+
+    def describe(self) -> dict:
+        """What a derived run's start document says about the models."""
+        return {"phase_names": list(self.phase_names), "top_k": self.top_k,
+                "models": [p.to_dict() for p in self.provenance], "xrd_nexus_ml_version": __version__}
+
+
+class RunClassifier:
+    """Classifies one scan's frames in arrival order and keeps its transition estimate."""
+
+    def __init__(self, engine: InferenceEngine, recent: int = 1024):
+        self.engine = engine
+        self.changepoint = OnlineChangePoint(engine.phase_names, **engine.changepoint_options)
+        self.recent: deque[FramePrediction] = deque(maxlen=recent)  # bounded: runs of 10^5 frames
+        self.n_frames = 0
+
+    @property
+    def estimates(self) -> list[BoundaryEstimate]:
+        return self.changepoint.estimates()
+
+    def classify(self, frames: Sequence[Frame]) -> list[FramePrediction]:
+        """One batch through the models (in one call each), then through the sequence estimate in
+        order. Frames that cannot be used get a flagged record; a model error propagates (the
+        caller records it with `failed`)."""
+        engine = self.engine
+        if not frames:
+            return []
+        patterns, axis = self._model_inputs(frames)
+        prepared = prepare_frames(patterns, engine.phase_model.grid, **axis)
+        probs = engine.phase_model.predict_proba(prepared)
+        similarity = engine.gate.similarity(prepared) if engine.gate is not None else np.full(len(frames), np.nan)
+        out = []
+        for i, frame in enumerate(frames):
+            out.append(self._record(frame, probs[i], prepared.flags[i], float(similarity[i])))
+        self._keep(out)
+        return out
+
+    def _keep(self, records: list[FramePrediction]):
+        self.recent.extend(records)
+        self.n_frames += len(records)
+
+    def failed(self, frames: Sequence[Frame], error: BaseException | str, flag: str = "error") -> list[FramePrediction]:
+        """Records for frames a model failed on (or that were shed): shapes stay those of the run."""
+        engine = self.engine
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        now = time.perf_counter()
+        out = [FramePrediction.unclassified(
+            f.seq_num, flag, message, len(engine.phase_names), engine.top_k, raw_uid=f.raw_uid,
+            pressure=float(f.pressure), energy=float(f.energy), latency=(now - f.received) * 1e3,
+            model_ids=engine.model_ids) for f in frames]
+        self._keep(out)
+        return out
+
+    @staticmethod
+    def _model_inputs(frames: Sequence[Frame]) -> tuple[list, dict]:
+        """Frames of one detector (one 2θ axis and wavelength) go in as bare arrays with that axis,
+        the batched path; anything else frame by frame as Diffractograms."""
+        first = frames[0]
+        shared = first.two_theta is not None and first.wavelength is not None and all(
+            not isinstance(f.intensity, Diffractogram) and f.wavelength == first.wavelength
+            and (f.two_theta is first.two_theta or np.array_equal(f.two_theta, first.two_theta)) for f in frames)
+        if shared:
+            return [np.asarray(f.intensity, dtype=float).ravel() for f in frames], {
+                "two_theta": first.two_theta, "wavelength": first.wavelength}
+        return [f.pattern() for f in frames], {}
+
+    def _record(self, frame: Frame, probs: np.ndarray, prep_flag: str | None, similarity: float) -> FramePrediction:
+        engine = self.engine
+        names, k = engine.phase_names, engine.top_k
+        usable = prep_flag is None and bool(np.all(np.isfinite(probs)))
+        pressure = float(frame.pressure)
+        flag = "" if usable else {"flat": "zero", "out_of_range": "range", "unreadable": "nan"}.get(prep_flag, prep_flag or "nan")
+        if usable and not math.isfinite(pressure):
+            flag = "pressure"
+        evidence = probs if usable else np.full(len(names), np.nan)
+        estimates = self.changepoint.update(evidence, pressure)
+        first = estimates[0] if estimates else None
+        order = np.argsort(-np.nan_to_num(probs, nan=-1.0))[:k] if usable else np.full(k, -1)
+        record = FramePrediction(
+            seq_num=frame.seq_num,
+            raw_uid=frame.raw_uid,
+            pressure=pressure,
+            energy=float(frame.energy),
+            phase=names[int(order[0])] if usable else "",
+            phase_probability=float(probs[order[0]]) if usable else math.nan,
+            phase_probabilities=tuple(float(v) for v in probs) if usable else (math.nan,) * len(names),
+            top_k_index=tuple(int(v) for v in order),
+            top_k_probability=tuple(float(probs[j]) if j >= 0 else math.nan for j in order),
+            out_of_library=bool(usable and engine.gate is not None and engine.gate.out_of_library(similarity)),
+            library_similarity=similarity,
+            transition_probability=float(1.0 - probs[0]) if usable else math.nan,
+            transition_pressure=float(first.pressure) if first is not None else math.nan,
+            transition_pressure_uncertainty=float(first.sigma) if first is not None else math.nan,
+            flag=flag,
+            latency=(time.perf_counter() - frame.received) * 1e3,
+            model_ids=engine.model_ids,
+            extra={"boundaries": [b.to_dict() for b in estimates]} if len(estimates) > 1 else {},
+        )
+        return record
