@@ -144,9 +144,11 @@ class InferenceEngine:
             provenance.append(_provenance("open_set", references, gate_dir / "card.json", torch.device("cpu")))
         return cls(model, gate, device=resolved, provenance=provenance, **kwargs)
 
-    def new_run(self) -> RunClassifier:
-        """A classifier for one scan: the transition estimate starts from nothing."""
-        return RunClassifier(self)
+    def new_run(self, changepoint_options: dict | None = None) -> RunClassifier:
+        """A classifier for one scan: the transition estimate starts from nothing.
+        changepoint_options: this run's `OnlineChangePoint` settings (a steered ramp fixes its θ
+        grid, see `SteeringPolicy.changepoint_options`), else the engine's."""
+        return RunClassifier(self, changepoint_options=changepoint_options)
 
     def describe(self) -> dict:
         """What a derived run's start document says about the models."""
@@ -157,9 +159,10 @@ class InferenceEngine:
 class RunClassifier:
     """Classifies one scan's frames in arrival order and keeps its transition estimate."""
 
-    def __init__(self, engine: InferenceEngine, recent: int = 1024):
+    def __init__(self, engine: InferenceEngine, recent: int = 1024, changepoint_options: dict | None = None):
         self.engine = engine
-        self.changepoint = OnlineChangePoint(engine.phase_names, **engine.changepoint_options)
+        options = engine.changepoint_options if changepoint_options is None else changepoint_options
+        self.changepoint = OnlineChangePoint(engine.phase_names, **options)
         self.recent: deque[FramePrediction] = deque(maxlen=recent)  # bounded: runs of 10^5 frames
         self.n_frames = 0
 

@@ -82,7 +82,7 @@ class FramePrediction:
     def to_event_data(self) -> dict:
         """The event `data` of the derived run (keys and shapes as `event_data_keys`)."""
         return {
-            "seq_num": int(self.seq_num),
+            "raw_seq_num": int(self.seq_num),
             "raw_uid": self.raw_uid,
             "pressure": float(self.pressure),
             "energy": float(self.energy),
@@ -107,7 +107,8 @@ class FramePrediction:
     @classmethod
     def from_event_data(cls, data: dict) -> FramePrediction:
         """Inverse of `to_event_data` (for readers of stored derived runs)."""
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "extra"}
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in ("extra", "seq_num")}
+        known["seq_num"] = int(data["raw_seq_num"])
         for name in ("phase_probabilities", "top_k_probability"):
             if name in known:
                 known[name] = tuple(float(v) for v in np.ravel(known[name]))
@@ -129,7 +130,7 @@ def _key(dtype: str, dtype_numpy: str | None, shape: list[int], units: str | Non
 def event_data_keys(n_phases: int, top_k: int) -> dict[str, dict]:
     """Event-model data keys of the derived run: the single description of a prediction's fields."""
     return {
-        "seq_num": _key("integer", "<i8", [], None, "seq_num of the raw event this prediction is for"),
+        "raw_seq_num": _key("integer", "<i8", [], None, "seq_num of the raw event this prediction is for"),
         "raw_uid": _key("string", None, [], None, "uid of the raw event"),
         "pressure": _key("number", "<f8", [], "GPa", "sample pressure of the frame"),
         "energy": _key("number", "<f8", [], "keV", "beam energy of the frame"),

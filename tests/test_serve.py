@@ -1,0 +1,85 @@
+"""`xrd-nexus-ml serve --zmq`: the classifier in another process, behind a real 0MQ proxy on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+import bluesky.plans as bp
+from bluesky.callbacks.zmq import Proxy, Publisher, RemoteDispatcher
+from ophyd.sim import SynAxis
+
+from bluesky_callbacks.serve import parse_address
+from tests.test_classifier_callback import TRANSITION, make_detector
+from xrd_nexus_ml.transitions import simulate_ramp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_parse_address_names_what_it_expects():
+    assert parse_address("localhost:5578") == ("localhost", 5578)
+    for bad in ["localhost", ":5", "host:port", "host:70000"]:
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_address(bad)
+
+
+def test_serve_classifies_runs_published_through_a_proxy():
+    in_port, out_port = free_port(), free_port()
+    proxy = Proxy(in_port, out_port)
+    threading.Thread(target=proxy.start, daemon=True).start()
+
+    received: list[tuple[str, dict]] = []
+    done = threading.Event()
+    loop = asyncio.new_event_loop()
+    listener = RemoteDispatcher(("localhost", out_port), loop=loop)
+
+    def collect(name, doc):
+        received.append((name, doc))
+        if name == "stop" and "classified" in doc.get("reason", ""):
+            done.set()
+
+    listener.subscribe(collect)
+    threading.Thread(target=listener.start, daemon=True).start()
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    server = subprocess.Popen([sys.executable, "-m", "xrd_nexus_ml.cli", "serve", "--zmq", f"localhost:{out_port}",
+                               "--publish", f"localhost:{in_port}", "--batch-size", "8"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert server.stdout.readline().startswith("serving"), "the server did not start"
+        time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously (slow joiner)
+        ramp = simulate_ramp(np.linspace(5, 55, 16), transition_pressure=TRANSITION, noise=0.02, seed=3)
+        pressure = SynAxis(name="pressure")
+        RE = RunEngine({})
+        RE.subscribe(Publisher(("localhost", in_port)))
+        (uid,) = RE(bp.scan([make_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames))
+        assert done.wait(120), "no derived run came back through the proxy"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        loop.call_soon_threadsafe(listener.stop)
+
+    derived_start = [d for n, d in received if n == "start" and d.get("original_run_uid") == uid]
+    assert len(derived_start) == 1  # and no derived-of-derived run: the server ignores its own echo
+    assert not [d for n, d in received if n == "start" and d.get("original_run_uid") == derived_start[0]["uid"]]
+    seq = [s for n, d in received if n == "event_page" and d["descriptor"] in
+           {x["uid"] for m, x in received if m == "descriptor" and x["run_start"] == derived_start[0]["uid"]}
+           for s in d["data"]["raw_seq_num"]]
+    assert sorted(seq) == list(range(1, ramp.n_frames + 1))
+    assert server.returncode == 0
