@@ -1,0 +1,270 @@
+"""Adaptive steering of a pressure ramp: the policy, the Bluesky plans, the evaluation."""
+
+import argparse
+import json
+import math
+import queue
+import threading
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from ophyd.sim import SynAxis, SynSignal
+
+from bluesky_callbacks.plans import (
+    SteeringTimeoutError,
+    TrackerEstimateSource,
+    TransitionEstimateSource,
+    adaptive_pressure_ramp,
+    uniform_pressure_ramp,
+)
+from xrd_nexus_ml.steering import (
+    Estimate,
+    Observation,
+    SteeringError,
+    SteeringHistory,
+    SteeringPolicy,
+    SteeringResult,
+)
+from xrd_nexus_ml.steering_eval import add_steering_parser, cmd_evaluate_steering, evaluate_steering, shipped_model
+from xrd_nexus_ml.transitions import OnlineChangePoint, TransitionTracker, phase_fractions, simulate_ramp
+
+
+def drive(policy: SteeringPolicy, transition: float, width: float, flip: set[int] = frozenset()) -> SteeringResult:
+    """Run `policy` against a perfect classifier (P(high) = the true phase fraction) and the real
+    online change point; frame indices in `flip` are misclassified."""
+    cp = OnlineChangePoint(("low", "high"), **policy.changepoint_options())
+    result = SteeringResult(policy=policy.to_dict())
+    history = SteeringHistory()
+    while True:
+        decision = policy.decide(history)
+        result.decisions.append(decision)
+        if decision.pressure is None:
+            return result
+        q = float(phase_fractions(np.array([decision.pressure]), [transition], [width])[0, 1])
+        if len(history) in flip:
+            q = 1.0 - q
+        estimate = cp.update([1.0 - q, q], decision.pressure)[0]
+        history = SteeringHistory((*history.observations, Observation(decision.pressure, q)),
+                                  Estimate.from_boundary(estimate))
+        result.history = history
+
+
+# -- the policy ------------------------------------------------------------------------------------
+
+
+def test_bracketing_ramps_coarsely_then_refines_inside_the_bracket():
+    policy = SteeringPolicy(start=5.0, stop=55.0, precision=0.5, coarse_step=4.0)
+    result = drive(policy, transition=27.3, width=0.0)
+    p = np.array(result.pressures)
+    first_high = int(np.argmax(p > 27.3))
+    assert np.allclose(np.diff(p[: first_high + 1]), 4.0)  # coarse until the first high-phase frame
+    assert all(d.reason.startswith("coarse") for d in result.decisions[1: first_high + 1])
+    refine = p[first_high + 1:]
+    assert any(d.reason.startswith("refine") for d in result.decisions)
+    assert np.all(refine[refine < p[first_high]] > p[first_high - 1])  # refinement stays inside the bracket
+    assert result.decompressions >= 1  # bracketing steps back
+
+
+def test_stops_when_the_transition_is_known_to_the_precision():
+    for transition, width in [(27.3, 0.0), (38.9, 2.5)]:
+        policy = SteeringPolicy(precision=0.5, coarse_step=4.0)
+        result = drive(policy, transition, width)
+        assert result.stop_reason == "precision_reached"
+        assert result.estimate.half_width <= 0.5
+        assert abs(result.estimate.pressure - transition) <= 0.5
+        uniform = drive(SteeringPolicy.uniform(0.5), transition, width)
+        assert uniform.n_frames > 2 * result.n_frames
+
+
+def test_one_misclassified_frame_costs_frames_not_the_result():
+    policy = SteeringPolicy(precision=0.5, coarse_step=4.0)
+    result = drive(policy, transition=41.0, width=1.0, flip={3})  # frame 3 (17 GPa) reads as the high phase
+    assert result.stop_reason == "precision_reached"
+    assert abs(result.estimate.pressure - 41.0) <= 0.5
+
+
+def test_respects_bounds_and_max_frames():
+    policy = SteeringPolicy(start=10.0, stop=30.0, precision=0.5, coarse_step=4.0)
+    beyond = drive(policy, transition=40.0, width=1.0)  # no transition inside the range
+    assert beyond.stop_reason == "range_exhausted"
+    assert min(beyond.pressures) == 10.0 and max(beyond.pressures) == 30.0
+    capped = drive(SteeringPolicy(precision=0.05, coarse_step=4.0, max_frames=6), transition=27.3, width=1.0)
+    assert capped.stop_reason == "max_frames" and capped.n_frames == 6
+    for transition in (12.0, 29.9):
+        assert all(10.0 <= p <= 30.0 for p in drive(policy, transition, 0.5).pressures)
+
+
+def test_monotonic_mode_never_decompresses_and_says_when_it_cannot_reach_the_precision():
+    wide = drive(SteeringPolicy(precision=0.5, coarse_step=2.0, mode="monotonic"), transition=30.0, width=4.0)
+    assert np.all(np.diff(wide.pressures) > 0)
+    assert wide.stop_reason == "precision_reached" and abs(wide.estimate.pressure - 30.0) <= 0.5
+    assert any(d.reason.startswith("fine") for d in wide.decisions)
+    sharp = drive(SteeringPolicy(precision=0.5, coarse_step=4.0, mode="monotonic"), transition=27.3, width=0.0)
+    assert np.all(np.diff(sharp.pressures) > 0)
+    assert sharp.stop_reason == "unreachable_without_decompression"
+
+
+def test_decide_is_pure_and_validates_its_input():
+    policy = SteeringPolicy()
+    history = SteeringHistory((Observation(5.0, 0.02), Observation(11.0, 0.97)), Estimate(8.0, 1.7, (5.2, 10.8)))
+    assert policy.decide(history) == policy.decide(history)
+    assert policy.next_pressure(SteeringHistory()) == policy.start
+    with pytest.raises(SteeringError, match="SteeringHistory"):
+        policy.decide([5.0, 11.0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"start": 30.0, "stop": 10.0}, "start < stop"),
+    ({"precision": 0.0}, "precision must be > 0"),
+    ({"coarse_step": math.nan}, "coarse_step must be a finite number"),
+    ({"mode": "random"}, "mode must be one of bracketing, monotonic, uniform"),
+    ({"max_frames": 1}, "max_frames must be an integer >= 2"),
+])
+def test_policy_errors_name_the_field_and_what_was_expected(kwargs, message):
+    with pytest.raises(SteeringError, match=message):
+        SteeringPolicy(**kwargs)
+
+
+# -- the plans under a real RunEngine ----------------------------------------------------------------
+
+TRUTH, WIDTH, PRECISION = 31.7, 1.5, 0.5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return shipped_model("end_to_end")
+
+
+@pytest.fixture()
+def beamline():
+    """A pressure axis (ophyd SynAxis) and a detector whose frame is simulated at the axis's pressure."""
+    pressure = SynAxis(name="pressure", egu="GPa", value=5.0)
+    counter = iter(range(10_000))
+
+    def frame():
+        p = float(pressure.readback.get())
+        return simulate_ramp([p], TRUTH, WIDTH, noise=0.01, seed=next(counter)).intensity[0]
+
+    detector = SynSignal(func=frame, name="xrd")
+    probe = simulate_ramp([TRUTH], TRUTH, WIDTH, noise=0.0)
+    return pressure, detector, probe.two_theta, probe.wavelength
+
+
+def _source(model, two_theta, wavelength, policy):
+    return TrackerEstimateSource(
+        lambda: TransitionTracker(model, two_theta=two_theta, wavelength=wavelength, **policy.changepoint_options()),
+        frame_field="xrd", pressure_field="pressure")
+
+
+def _documents(RE):
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def test_adaptive_plan_locates_the_transition_with_fewer_frames_than_a_uniform_ramp(model, beamline):
+    pressure, detector, two_theta, wavelength = beamline
+    policy = SteeringPolicy(precision=PRECISION, coarse_step=4.0)
+    source = _source(model, two_theta, wavelength, policy)
+    assert isinstance(source, TransitionEstimateSource)
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(source)
+    docs = _documents(RE)
+    outcome = RE(adaptive_pressure_ramp([detector], pressure, policy, source))
+    assert outcome.exit_status == "success"
+    result: SteeringResult = outcome.plan_result
+    assert result.stop_reason == "precision_reached"
+    assert abs(result.estimate.pressure - TRUTH) <= PRECISION
+
+    start = next(doc for name, doc in docs if name == "start")
+    assert start["plan_name"] == "adaptive_pressure_ramp"
+    assert start["steering_policy"]["precision"] == PRECISION and start["motors"] == ["pressure"]
+    streams = {doc["uid"]: doc["name"] for name, doc in docs if name == "descriptor"}
+    primary = [doc for name, doc in docs if name == "event" and streams[doc["descriptor"]] == "primary"]
+    steering = [doc for name, doc in docs if name == "event" and streams[doc["descriptor"]] == "steering"]
+    assert len(primary) == result.n_frames and len(steering) == result.n_frames + 1
+    assert [e["data"]["pressure"] for e in primary] == pytest.approx(result.pressures)
+    assert steering[-1]["data"]["steering_reason"] == "precision_reached"
+
+    docs.clear()
+    uniform = RE(uniform_pressure_ramp([detector], pressure, policy.start, policy.stop, 2 * PRECISION,
+                                       estimate_source=source, precision=PRECISION))
+    n_uniform = sum(1 for name, doc in docs if name == "event" and doc["data"].get("xrd") is not None)
+    assert uniform.plan_result.n_frames == n_uniform
+    assert next(doc for name, doc in docs if name == "start")["plan_name"] == "uniform_pressure_ramp"
+    assert result.n_frames < n_uniform
+
+
+def test_plan_waits_for_a_classifier_running_in_another_thread(model, beamline):
+    pressure, detector, two_theta, wavelength = beamline
+    policy = SteeringPolicy(precision=1.0, coarse_step=6.0)
+    source = _source(model, two_theta, wavelength, policy)
+    inbox: queue.Queue = queue.Queue()
+
+    def worker():
+        while (item := inbox.get()) is not None:
+            source(*item)
+
+    thread = threading.Thread(target=worker, name="classifier", daemon=True)
+    thread.start()
+    try:
+        RE = RunEngine({}, call_returns_result=True)
+        RE.subscribe(lambda name, doc: inbox.put((name, doc)))
+        result = RE(adaptive_pressure_ramp([detector], pressure, policy, source, timeout=20.0)).plan_result
+    finally:
+        inbox.put(None)
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert result.stop_reason == "precision_reached" and abs(result.estimate.pressure - TRUTH) <= 1.0
+
+
+def test_plan_fails_clearly_when_no_classification_arrives(model, beamline):
+    pressure, detector, two_theta, wavelength = beamline
+    policy = SteeringPolicy()
+    silent = _source(model, two_theta, wavelength, policy)  # never subscribed
+    RE = RunEngine({})
+    docs = _documents(RE)
+    with pytest.raises(SteeringTimeoutError, match="no classification of primary event 1"):
+        RE(adaptive_pressure_ramp([detector], pressure, policy, silent, timeout=0.2))
+    assert next(doc for name, doc in docs if name == "stop")["exit_status"] == "fail"
+
+
+def test_plain_uniform_ramp_visits_every_pressure(beamline):
+    pressure, detector, _, _ = beamline
+    RE = RunEngine({})
+    docs = _documents(RE)
+    RE(uniform_pressure_ramp([detector], pressure, 10.0, 14.0, 2.0))
+    assert [doc["data"]["pressure"] for name, doc in docs if name == "event"] == [10.0, 12.0, 14.0]
+    with pytest.raises(SteeringError, match="precision"):
+        list(uniform_pressure_ramp([detector], pressure, 10.0, 14.0, 2.0, estimate_source=_source(None, None, None,
+                                                                                                   SteeringPolicy())))
+
+
+# -- the evaluation ----------------------------------------------------------------------------------
+
+
+def test_evaluate_steering_reports_both_arms_honestly():
+    result = evaluate_steering(n_ramps=2, precision=0.5, seed=1, fast=True)
+    for key in ("frames_adaptive", "frames_uniform", "frame_ratio", "precision", "n_ramps", "reached_fraction_adaptive",
+                "reached_fraction_uniform", "beamtime_adaptive_s", "beamtime_uniform_s", "seconds", "ramps"):
+        assert key in result
+    assert result["n_ramps"] == 2 and len(result["ramps"]) == 2 and result["precision"] == 0.5
+    assert result["frame_ratio"] == pytest.approx(result["frames_uniform"] / result["frames_adaptive"])
+    assert 0 < result["frames_adaptive"] < result["frames_uniform"] <= result["frames_uniform_full_range"]
+    assert result["reached_fraction_adaptive"] == 1.0
+    for ramp in result["ramps"]:
+        assert 15.0 <= ramp["transition_pressure"] <= 45.0
+        assert ramp["adaptive"]["error_over_precision"] <= 1.0
+    json.dumps(result)
+
+
+def test_cli_helper_registers_evaluate_steering(capsys):
+    parser = argparse.ArgumentParser()
+    add_steering_parser(parser.add_subparsers(dest="evaluation"))
+    args = parser.parse_args(["steering", "--json", "--ramps", "1", "--precision", "1.0", "--fast"])
+    assert args.n_ramps == 1 and args.precision == 1.0
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_ramps"] == 1 and out["precision"] == 1.0
+    assert cmd_evaluate_steering is args.func
