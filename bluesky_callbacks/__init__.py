@@ -1,1 +1,14 @@
-"""Everything that speaks Bluesky: callbacks, simulated beamline devices, steering plans, storage."""
+"""Everything that speaks Bluesky: callbacks, simulated beamline devices, steering plans, storage.
+
+- `ClassifierCallback` (classifier): live classification, published as a derived run.
+- `NexusWriter` (nexus_writer): one NXxrd_ml NeXus file per run, raw and derived runs combined.
+- `RunStore` (storage): the embedded tiled store for raw and derived runs.
+- `sim`: the simulated high-pressure beamline (ophyd devices); `plans`: adaptive steering.
+- `serve`: the classifier behind a 0MQ proxy; `demo`: the main job; `bench`: its cost.
+"""
+
+from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
+from bluesky_callbacks.nexus_writer import NexusWriter
+from bluesky_callbacks.storage import RunStore
+
+__all__ = ["ClassifierCallback", "FrameKeys", "NexusWriter", "RunStore"]

@@ -36,10 +36,12 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
     engine = InferenceEngine.from_bundles(device=device)
     classifier = ClassifierCallback(engine, batch_size=batch_size, max_queue=max_queue)
     dispatcher = RemoteDispatcher(parse_address(listen))
-    closers = [classifier.close]
+    closers = []
     if publish:
         # used only from the classifier's worker thread (0MQ sockets are not thread-safe)
-        classifier.subscribe(Publisher(parse_address(publish), prefix=b"xrd_nexus_ml"))
+        publisher = Publisher(parse_address(publish), prefix=b"xrd_nexus_ml")
+        classifier.subscribe(publisher)
+        closers.append(publisher.close)  # after the classifier (reversed order): it publishes to the end
     if store is not None:
         from bluesky_callbacks.storage import RunStore
 
@@ -54,6 +56,7 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
         dispatcher.subscribe(writer)
         classifier.subscribe(writer)
     dispatcher.subscribe(classifier)
+    closers.append(classifier.close)
 
     def interrupt(signum, frame):
         log.info("signal %s: stopping", signum)

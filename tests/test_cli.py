@@ -65,7 +65,7 @@ def test_bad_file_gives_clear_error_and_exit_code(tmp_path, capsys):
 
 
 def test_demo_identifies_shipped_measured_patterns(tmp_path, capsys):
-    summary = run_json(capsys, "demo", "--out", str(tmp_path), "--json")
+    summary = run_json(capsys, "patterns-demo", "--out", str(tmp_path), "--json")
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "summary.json").read_text())["measured"] == summary["measured"]
     assert len(summary["measured"]) == 3

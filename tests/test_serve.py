@@ -58,13 +58,14 @@ def test_serve_classifies_runs_published_through_a_proxy():
     server = subprocess.Popen([sys.executable, "-m", "xrd_nexus_ml.cli", "serve", "--zmq", f"localhost:{out_port}",
                                "--publish", f"localhost:{in_port}", "--batch-size", "8"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    publisher = Publisher(("localhost", in_port))
     try:
         assert server.stdout.readline().startswith("serving"), "the server did not start"
         time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously (slow joiner)
         ramp = simulate_ramp(np.linspace(5, 55, 16), transition_pressure=TRANSITION, noise=0.02, seed=3)
         pressure = SynAxis(name="pressure")
         RE = RunEngine({})
-        RE.subscribe(Publisher(("localhost", in_port)))
+        RE.subscribe(publisher)
         (uid,) = RE(bp.scan([make_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames))
         assert done.wait(120), "no derived run came back through the proxy"
     finally:
@@ -74,6 +75,8 @@ def test_serve_classifies_runs_published_through_a_proxy():
         except subprocess.TimeoutExpired:
             server.kill()
         loop.call_soon_threadsafe(listener.stop)
+        # close 0MQ sockets now: a context garbage-collected later blocks in term() on open sockets
+        publisher.close()
 
     derived_start = [d for n, d in received if n == "start" and d.get("original_run_uid") == uid]
     assert len(derived_start) == 1  # and no derived-of-derived run: the server ignores its own echo

@@ -150,6 +150,42 @@ def cmd_train(args) -> int:
     return cmd_train_transition(args)
 
 
+def cmd_bench_callback(args) -> int:
+    from bluesky_callbacks.bench import cmd_bench_callback as bench
+
+    return bench(args)
+
+
+def cmd_live_demo(args) -> int:
+    from bluesky_callbacks.demo import cmd_demo as live_demo
+
+    return live_demo(args)
+
+
+def cmd_classify(args) -> int:
+    from nexus_definitions.classify import cmd_classify as classify
+
+    return classify(args)
+
+
+def cmd_nexus(args) -> int:
+    from nexus_definitions.validate import cmd_nexus_recover, cmd_nexus_validate
+
+    return {"validate": cmd_nexus_validate, "recover": cmd_nexus_recover}[args.nexus_command](args)
+
+
+def cmd_export(args) -> int:
+    from nexus_definitions.export import cmd_export as export
+
+    return export(args)
+
+
+def cmd_serve(args) -> int:
+    from bluesky_callbacks.serve import cmd_serve as serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrd-nexus-ml",
@@ -158,7 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="end-to-end demo: simulate, augment, measured patterns onto the model grid, plot")
+    p = sub.add_parser("demo", help="the main job: a simulated beamline scan classified live, steered, stored, NeXus")
+    p.add_argument("--out", default="out/demo", help="output folder (NeXus file, store, PNG, summary.json)")
+    p.add_argument("--frames", type=int, default=60, help="most frames the scan may take")
+    p.add_argument("--no-steering", action="store_true", help="a uniform ramp instead of adaptive steering")
+    p.add_argument("--precision", type=float, default=0.5, help="transition pressure precision to reach, GPa")
+    p.add_argument("--transition-pressure", type=float, default=31.0, help="the simulated sample's, GPa")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
+    p.add_argument("--no-store", action="store_true", help="skip the embedded tiled store")
+    p.add_argument("--area-detector", action="store_true",
+                   help="classify the pyFAI-integrated frames of the simulated 2D detector")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_live_demo)
+
+    p = sub.add_parser("patterns-demo", help="simulate, augment, measured patterns onto the model grid, rank phases")
     p.add_argument("--out", default="out/demo", help="output folder (PNG and summary.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-augmented", type=int, default=4, help="augmented copies to draw")
@@ -211,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
+    b = bench.add_parser("callback", help="RunEngine events/s with and without live classification, latency, memory")
+    b.add_argument("--n", type=int, default=100_000, help="frames of the long paced run (memory growth)")
+    b.add_argument("--rate", type=float, default=1000.0, help="frame rate of the paced runs, Hz")
+    b.add_argument("--page-size", type=int, default=100, help="frames per event page")
+    b.add_argument("--compare-frames", type=int, default=5000, help="frames of each side-by-side run")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--json", action="store_true", help="(always JSON)")
+    b.set_defaults(func=cmd_bench_callback)
+
     p = sub.add_parser("evaluate", help="evaluations that print JSON")
     evaluate = p.add_subparsers(dest="evaluation", required=True, metavar="WHAT")
     e = evaluate.add_parser("transition", help="phase-transition models and change point on simulated pressure ramps")
@@ -219,6 +279,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fast", action="store_true", help="fewer training epochs (smoke runs)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+    from xrd_nexus_ml.steering_eval import add_steering_parser
+
+    add_steering_parser(evaluate)
+
+    p = sub.add_parser("serve", help="classify runs from a bluesky 0MQ proxy (out of process, e.g. on a GPU node)")
+    p.add_argument("--zmq", required=True, metavar="HOST:PORT", help="the proxy's output port to listen to")
+    p.add_argument("--publish", metavar="HOST:PORT", default=None,
+                   help="the proxy's input port: publish the derived runs back")
+    p.add_argument("--store", default=None, help="also store raw and derived runs in this folder (embedded tiled)")
+    p.add_argument("--nexus-dir", default=None, help="also write one NeXus file per run here")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-queue", type=int, default=4096, help="frames waiting before new ones are shed")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("classify", help="classify the frames of NeXus files; predictions go in a new NXprocess group")
+    p.add_argument("files", nargs="+", help="NeXus/HDF5 files with an NXdata of patterns")
+    p.add_argument("--entry", default=None, help="the NXentry (default: the first)")
+    p.add_argument("--wavelength", default=None, help="Å or anode name when the file records no energy")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("nexus", help="check NeXus files against NXxrd_ml; recover files whose writer died")
+    nx = p.add_subparsers(dest="nexus_command", required=True, metavar="WHAT")
+    v = nx.add_parser("validate", help="structure and units, nexusformat and pynxtools checks against NXxrd_ml")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--definition", default=None, help="another NXDL file (default: nexus_definitions/NXxrd_ml)")
+    v.add_argument("--entry", default=None)
+    v.add_argument("--no-pynxtools", action="store_true")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_nexus)
+    r = nx.add_parser("recover", help="mark files left open by a crashed writer as closed (like h5clear -s)")
+    r.add_argument("files", nargs="+")
+    r.set_defaults(func=cmd_nexus)
+
+    p = sub.add_parser("export", help="write the SciCat dataset record (JSON) of a NeXus file")
+    p.add_argument("file")
+    p.add_argument("--out", default=None, help="default FILE.scicat.json; '-' for standard output")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (owner, pid, ...)")
+    p.add_argument("--entry", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train models and write their bundles")
     train = p.add_subparsers(dest="training", required=True, metavar="WHAT")
@@ -236,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("silx.opencl").setLevel(logging.ERROR)  # pyFAI's optional OpenCL probe is noise here
+    logging.getLogger("silx.opencl").setLevel(logging.ERROR)
+    logging.getLogger("pint.util").setLevel(logging.ERROR)  # unit redefinitions when pynxtools loads  # pyFAI's optional OpenCL probe is noise here
     try:
         return args.func(args)
     except XrdNexusMlError as err:

@@ -1,0 +1,251 @@
+"""The main job: a simulated high-pressure beamline scan, classified live and steered.
+
+`xrd-nexus-ml demo`: a RunEngine ramps the pressure on a simulated (Mg0.2Fe0.8)O sample
+(`bluesky_callbacks.sim`), the `ClassifierCallback` classifies each frame in its worker thread,
+the adaptive plan (`bluesky_callbacks.plans`) refines the steps around the transition the
+callback reports, raw and derived runs go into the embedded tiled store, the `NexusWriter`
+writes the NeXus file, which is then validated. It prints what it found and draws the
+waterfall of the frames coloured by the predicted phase, with the estimated transition.
+Everything shown is read back from the store and the NeXus file, not from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE = {"name": "ferropericlase (Mg0.2Fe0.8)O", "chemical_formula": "Mg0.2Fe0.8O"}
+
+
+def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, device: str = "auto",
+             transition_pressure: float = 31.0, precision: float = 0.5, noise: float = 0.02, seed: int = 0,
+             store: bool = True, area_detector: bool = False) -> dict:
+    """Run the scan and write everything under `out`; returns the summary.
+
+    area_detector: classify the pyFAI-integrated frames of the simulated 2D detector instead of
+    the 1D detector's patterns."""
+    from bluesky import RunEngine
+
+    from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
+    from bluesky_callbacks.nexus_writer import NexusWriter
+    from bluesky_callbacks.plans import adaptive_pressure_ramp, uniform_pressure_ramp
+    from bluesky_callbacks.sim import SampleModel, make_beamline
+    from nexus_definitions.validate import validate_file
+    from xrd_nexus_ml.inference import InferenceEngine
+    from xrd_nexus_ml.steering import SteeringPolicy
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sample = SampleModel(transition_pressure=transition_pressure, noise=noise, seed=seed)
+    beamline = make_beamline(sample, settle_time=0.0, area_detector=area_detector)
+    detector = beamline.area_detector if area_detector else beamline.detector
+    pattern_key = f"{detector.name}_integrated" if area_detector else f"{detector.name}_pattern"
+    engine = InferenceEngine.from_bundles(device=device)
+    policy = SteeringPolicy(start=5.0, stop=55.0, precision=precision, max_frames=max_frames)
+    classifier = ClassifierCallback(engine, FrameKeys(pattern=pattern_key),
+                                    changepoint_options=policy.changepoint_options())
+    nexus = NexusWriter(out / "nexus", pattern_key=pattern_key, license="CC-BY-4.0",
+                        instrument="simulated high-pressure powder station",
+                        facility="xrd-nexus-ml simulation", source_type="Synchrotron X-ray Source")
+    RE = RunEngine({}, call_returns_result=True)
+    run_store = None
+    if store:
+        from bluesky_callbacks.storage import RunStore
+
+        run_store = RunStore(out / "store")
+        RE.subscribe(run_store.writer())
+        classifier.subscribe(run_store.writer())
+    RE.subscribe(nexus)
+    RE.subscribe(classifier)
+    classifier.subscribe(nexus)
+
+    detectors = [detector, beamline.energy]
+    if steering:
+        plan = adaptive_pressure_ramp(detectors, beamline.pressure, policy, classifier)
+    else:
+        step = 2.0 * precision
+        plan = uniform_pressure_ramp(detectors, beamline.pressure, policy.start, policy.stop, step,
+                                     estimate_source=classifier, precision=precision)
+    md = {"sample": SAMPLE, "title": f"pressure ramp of {SAMPLE['name']}, {'adaptive' if steering else 'uniform'}",
+          "owner": "xrd-nexus-ml demo", "license": "CC-BY-4.0", "energy_kev": beamline.energy.position}
+    try:
+        result = RE(plan, **md)
+    finally:
+        classifier.flush(120)
+        classifier.close()
+    uid = result.run_start_uids[0]
+    if nexus.errors or classifier.subscriber_errors:
+        raise RuntimeError(f"writing the run failed: {nexus.errors or classifier.subscriber_errors}")
+
+    nexus_path = nexus.paths[uid]
+    report = validate_file(nexus_path)
+    frames = _read_back(run_store, uid, detector.name, pattern_key) if run_store is not None else None
+    if frames is None:
+        frames = _read_nexus(nexus_path)
+    summary = _summarise(frames, classifier.counts(uid), steering, precision, transition_pressure, nexus_path,
+                         report, run_store, uid, time.perf_counter() - started, engine)
+    plot_demo(frames, summary, out / "demo.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if run_store is not None:
+        run_store.close()
+    return summary
+
+
+def _read_back(run_store, uid: str, device: str, pattern_key: str) -> dict:
+    """Frames and predictions of the run, from the tiled store (raw and derived)."""
+    raw = run_store[uid]["primary"].read()
+    derived = run_store.derived_runs(uid)
+    if not derived:
+        raise RuntimeError(f"the store holds no prediction run for raw run {uid}")
+    pred = derived[0]["primary"].read()
+    order = np.argsort(np.asarray(pred["raw_seq_num"]))
+    return {
+        "intensity": np.asarray(raw[pattern_key]),
+        "two_theta": np.asarray(
+            run_store[uid]["primary"].metadata["configuration"][device]["data"][f"{device}_two_theta"]),
+        "pressure": np.asarray(raw["pressure"]),
+        "phase": [str(v) for v in np.asarray(pred["phase"])[order]],
+        "transition_probability": np.asarray(pred["transition_probability"])[order],
+        "transition_pressure": np.asarray(pred["transition_pressure"])[order],
+        "transition_pressure_uncertainty": np.asarray(pred["transition_pressure_uncertainty"])[order],
+        "flag": [str(v) for v in np.asarray(pred["flag"])[order]],
+        "latency": np.asarray(pred["latency"])[order],
+        "phase_names": list(derived[0].metadata["start"]["phase_names"]),
+        "source": "tiled store",
+    }
+
+
+def _read_nexus(path: Path) -> dict:
+    """The same, from the NeXus file (when no store was asked for)."""
+    from nexus_definitions.reader import read_patterns
+
+    patterns, pressures, _ = read_patterns(path)
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        entry = next(iter(h5.values()))
+        pred = next(g for g in entry.values() if g.attrs.get("NX_class") in (b"NXprocess", "NXprocess")
+                    and "phase" in g)
+        decode = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+        return {"intensity": np.stack([p.intensity for p in patterns]), "two_theta": None,
+                "pressure": np.asarray(pressures), "phase": [decode(v) for v in pred["phase"][()]],
+                "transition_probability": pred["transition_probability"][()],
+                "transition_pressure": pred["transition_pressure"][()],
+                "transition_pressure_uncertainty": pred["transition_pressure_uncertainty"][()],
+                "flag": [decode(v) for v in pred["flag"][()]], "latency": pred["latency"][()],
+                "phase_names": [decode(v) for v in pred["phase_names"][()]], "source": str(path)}
+
+
+def _summarise(frames: dict, counts: dict, steering: bool, precision: float, truth: float, nexus_path: Path,
+               report, run_store, uid: str, seconds: float, engine) -> dict:
+    pressure = frames["pressure"]
+    phases = {}
+    for name in frames["phase_names"]:
+        at = pressure[[p == name for p in frames["phase"]]]
+        if at.size:
+            phases[name] = {"frames": int(at.size), "pressure_range_gpa": [float(at.min()), float(at.max())]}
+    estimate = float(frames["transition_pressure"][-1])
+    sigma = float(frames["transition_pressure_uncertainty"][-1])
+    return {
+        "raw_run_uid": uid,
+        "steering": "adaptive" if steering else "uniform",
+        "frames": int(pressure.size),
+        "classification": counts,
+        "phases": phases,
+        "transition_pressure_gpa": estimate,
+        "transition_uncertainty_gpa": sigma,
+        "true_transition_pressure_gpa": truth,
+        "error_gpa": abs(estimate - truth) if math.isfinite(estimate) else None,
+        "requested_precision_gpa": precision,
+        "latency_median_ms": float(np.median(frames["latency"])),
+        "flags": {f: frames["flag"].count(f) for f in sorted(set(frames["flag"]))},
+        "nexus_file": str(nexus_path),
+        "nexus_valid": bool(report.ok),
+        "nexus_errors": list(report.errors),
+        "store": str(run_store.directory) if run_store is not None else None,
+        "read_back_from": frames["source"],
+        "models": [p.model_id for p in engine.provenance],
+        "device": str(engine.device),
+        "seconds": round(seconds, 1),
+    }
+
+
+def plot_demo(frames: dict, summary: dict, path: Path) -> None:
+    """Waterfall of the frames in pressure order, coloured by predicted phase, with the
+    transition estimate; right: the order the frames were taken in (the steering path)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {name: c for name, c in zip(frames["phase_names"], ["tab:blue", "tab:red", "tab:green", "tab:purple"])}
+    pressure, intensity = frames["pressure"], frames["intensity"]
+    order = np.argsort(pressure)
+    x = frames["two_theta"] if frames["two_theta"] is not None and len(frames["two_theta"]) == intensity.shape[1] \
+        else np.arange(intensity.shape[1])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 7), gridspec_kw={"width_ratios": [3, 2]})
+    span = np.ptp(pressure) or 1.0
+    scale = 2.5 * span / max(len(order), 1)
+    for i in order:
+        y = intensity[i] / max(float(np.max(intensity[i])), 1e-12)
+        ax.plot(x, pressure[i] + scale * y, lw=0.6, color=colours.get(frames["phase"][i], "0.5"))
+    est, sig = summary["transition_pressure_gpa"], summary["transition_uncertainty_gpa"]
+    if math.isfinite(est):
+        ax.axhspan(est - 2 * sig, est + 2 * sig, color="0.85", zorder=0)
+        ax.axhline(est, color="k", ls="--", lw=1, label=f"transition {est:.2f} ± {sig:.2f} GPa")
+    for name, c in colours.items():
+        ax.plot([], [], color=c, label=f"predicted {name}")
+    ax.set_xlabel("2θ (°)" if x is frames["two_theta"] else "detector point")
+    ax.set_ylabel("pressure (GPa), frame offset by pressure")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{summary['frames']} frames, {summary['steering']} steering")
+    seq = np.arange(1, len(pressure) + 1)
+    ax2.plot(seq, pressure, color="0.6", lw=0.8)
+    ax2.scatter(seq, pressure, c=[colours.get(p, "0.5") for p in frames["phase"]], s=18, zorder=3)
+    if math.isfinite(est):
+        ax2.axhline(est, color="k", ls="--", lw=1)
+        ax2.axhline(summary["true_transition_pressure_gpa"], color="tab:green", ls=":", lw=1, label="true transition")
+        ax2.legend(loc="lower right", fontsize=8)
+    ax2.set_xlabel("frame (order taken)")
+    ax2.set_ylabel("pressure (GPa)")
+    ax2.set_title("steering path")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(summary: dict) -> None:
+    """The short report a beamline scientist reads at the end of the scan."""
+    print(f"{summary['steering']} pressure ramp: {summary['frames']} frames "
+          f"({summary['classification'].get('classified', 0)} classified, {summary['classification'].get('shed', 0)} "
+          f"shed, {summary['classification'].get('errors', 0)} errors), {summary['seconds']} s on {summary['device']}")
+    print(f"{'phase':<8}{'frames':>8}  pressure range (GPa)")
+    for name, info in summary["phases"].items():
+        lo, hi = info["pressure_range_gpa"]
+        print(f"{name:<8}{info['frames']:>8}  {lo:6.2f} - {hi:6.2f}")
+    print(f"transition pressure: {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f}"
+          f" GPa (1σ; simulated truth {summary['true_transition_pressure_gpa']:.2f}, requested precision "
+          f"{summary['requested_precision_gpa']} GPa)")
+    print(f"NeXus: {summary['nexus_file']} ({'valid' if summary['nexus_valid'] else 'INVALID'} against NXxrd_ml)")
+    if summary["store"]:
+        print(f"runs stored in {summary['store']} (raw {summary['raw_run_uid'][:8]} + derived predictions)")
+
+
+def cmd_demo(args) -> int:
+    summary = run_demo(args.out, steering=not args.no_steering, max_frames=args.frames, device=args.device,
+                       transition_pressure=args.transition_pressure, precision=args.precision, seed=args.seed,
+                       store=not args.no_store, area_detector=args.area_detector)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=float))
+    else:
+        print_table(summary)
+        print(f"figure: {Path(args.out) / 'demo.png'}; summary: {Path(args.out) / 'summary.json'}")
+    return 0 if summary["nexus_valid"] else 1

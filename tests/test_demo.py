@@ -1,0 +1,54 @@
+"""The main job end to end (RunEngine, live classification, steering, store, NeXus) and its benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from bluesky_callbacks.bench import bench_callback
+from bluesky_callbacks.demo import run_demo
+from bluesky_callbacks.storage import RunStore
+from nexus_definitions import export_record, validate_record
+
+TRUTH = 27.0
+
+
+def test_demo_locates_the_transition_and_leaves_a_valid_nexus_file_and_stored_runs(tmp_path):
+    summary = run_demo(tmp_path, transition_pressure=TRUTH, precision=0.5, max_frames=30, seed=4)
+    assert summary["steering"] == "adaptive" and summary["frames"] <= 30
+    assert summary["error_gpa"] < 1.0  # precision 0.5 GPa is a 95 % half-width: allow 2x
+    assert set(summary["phases"]) == {"B1", "rB1"}
+    assert summary["phases"]["B1"]["pressure_range_gpa"][1] < summary["phases"]["rB1"]["pressure_range_gpa"][0]
+    assert summary["classification"]["classified"] == summary["frames"] and summary["classification"]["shed"] == 0
+    assert summary["nexus_valid"], summary["nexus_errors"]
+    assert summary["read_back_from"] == "tiled store"
+    assert (tmp_path / "demo.png").stat().st_size > 20_000
+    assert json.loads((tmp_path / "summary.json").read_text())["raw_run_uid"] == summary["raw_run_uid"]
+
+    with h5py.File(summary["nexus_file"], "r") as f:  # frames and their predictions, row for row
+        entry = f["entry"]
+        assert entry["sample/pressure"].shape[0] == summary["frames"]
+        assert list(entry["predictions/results/sequence_number"][()]) == list(range(1, summary["frames"] + 1))
+    record = export_record(summary["nexus_file"])
+    assert validate_record(record) == []
+
+    with RunStore(tmp_path / "store") as store:  # the runs outlive the process that wrote them
+        raw = store[summary["raw_run_uid"]]
+        assert raw["primary"].read()["detector_pattern"].shape == (summary["frames"], 4023)
+        derived = store.derived_runs(summary["raw_run_uid"])
+        assert len(derived) == 1
+        phases = np.asarray(derived[0]["primary"].read()["phase"])
+        assert set(phases) == {"B1", "rB1"}
+
+
+def test_bench_callback_reports_the_promised_keys_and_loses_no_frame(tmp_path):
+    result = bench_callback(n_frames=600, compare_frames=300, rate_hz=500.0, page_size=50)
+    for key in ("events_per_s_without", "events_per_s_with", "overhead", "latency_median_ms", "latency_p99_ms",
+                "max_wait_ms", "frames_lost", "rss_growth_mb", "device"):
+        assert key in result
+    assert result["events_per_s_with"] > 0 and result["events_per_s_without"] > 0
+    assert result["runs"]["long"]["frames_without_record"] == 0  # every frame has a prediction or a flag
+    assert result["frames_lost"] == 0  # the queue (8192 frames) holds a 600-frame run
+    assert result["latency_p99_ms"] >= result["latency_median_ms"] > 0
