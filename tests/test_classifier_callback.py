@@ -113,7 +113,7 @@ class BrokenModel:
         self.model = model
         self.phase_names, self.grid, self.fitted = model.phase_names, model.grid, True
 
-    def predict_proba(self, prepared):
+    def predict_proba_prepared(self, prepared, return_inputs=False):
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 

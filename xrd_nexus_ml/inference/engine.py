@@ -171,19 +171,27 @@ class RunClassifier:
         return self.changepoint.estimates()
 
     def classify(self, frames: Sequence[Frame]) -> list[FramePrediction]:
-        """One batch through the models (in one call each), then through the sequence estimate in
-        order. Frames that cannot be used get a flagged record; a model error propagates (the
-        caller records it with `failed`)."""
+        """One batch through the models (one call each) and the transition estimate (one update,
+        frames in order). Frames that cannot be used get a flagged record; a model error
+        propagates (the caller records it with `failed`). At frame rates where batches hold
+        many frames, every record of a batch carries the estimate after the whole batch."""
         engine = self.engine
         if not frames:
             return []
         patterns, axis = self._model_inputs(frames)
         prepared = prepare_frames(patterns, engine.phase_model.grid, **axis)
-        probs = engine.phase_model.predict_proba(prepared)
-        similarity = engine.gate.similarity(prepared) if engine.gate is not None else np.full(len(frames), np.nan)
-        out = []
-        for i, frame in enumerate(frames):
-            out.append(self._record(frame, probs[i], prepared.flags[i], float(similarity[i])))
+        probs, inputs = engine.phase_model.predict_proba_prepared(prepared, return_inputs=True)
+        if engine.gate is None:
+            similarity = np.full(len(frames), np.nan)
+        else:  # the gate reuses the model's aligned inputs when they are aligned its way
+            shared = engine.gate.accepts_inputs_of(engine.phase_model)
+            similarity = engine.gate.similarity(prepared, inputs=inputs if shared else None)
+        usable = prepared.ok & np.isfinite(probs).all(1)
+        evidence = np.where(usable[:, None], probs, np.nan)
+        # one change-point update per batch: each record carries the estimate after its batch
+        estimates = self.changepoint.update_many(evidence, [float(f.pressure) for f in frames])
+        out = [self._record(frame, probs[i], prepared.flags[i], float(similarity[i]), estimates)
+               for i, frame in enumerate(frames)]
         self._keep(out)
         return out
 
@@ -216,7 +224,8 @@ class RunClassifier:
                 "two_theta": first.two_theta, "wavelength": first.wavelength}
         return [f.pattern() for f in frames], {}
 
-    def _record(self, frame: Frame, probs: np.ndarray, prep_flag: str | None, similarity: float) -> FramePrediction:
+    def _record(self, frame: Frame, probs: np.ndarray, prep_flag: str | None, similarity: float,
+                estimates: list[BoundaryEstimate]) -> FramePrediction:
         engine = self.engine
         names, k = engine.phase_names, engine.top_k
         usable = prep_flag is None and bool(np.all(np.isfinite(probs)))
@@ -224,8 +233,6 @@ class RunClassifier:
         flag = "" if usable else {"flat": "zero", "out_of_range": "range", "unreadable": "nan"}.get(prep_flag, prep_flag or "nan")
         if usable and not math.isfinite(pressure):
             flag = "pressure"
-        evidence = probs if usable else np.full(len(names), np.nan)
-        estimates = self.changepoint.update(evidence, pressure)
         first = estimates[0] if estimates else None
         order = np.argsort(-np.nan_to_num(probs, nan=-1.0))[:k] if usable else np.full(k, -1)
         record = FramePrediction(

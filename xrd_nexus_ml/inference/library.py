@@ -21,7 +21,10 @@ DEFAULT_THRESHOLD = 0.82
 
 
 class LibraryGate:
-    """Best aligned cosine similarity of a frame to a set of reference patterns."""
+    """Best aligned cosine similarity of a frame to a set of reference patterns.
+
+    `references` and `reference_mask` are read once at construction (the matrices the
+    similarity multiplies with are derived from them then)."""
 
     def __init__(self, references: np.ndarray, reference_mask: np.ndarray, alignment: CompressionAlignment | None,
                  threshold: float = DEFAULT_THRESHOLD):
@@ -36,6 +39,15 @@ class LibraryGate:
             references, reference_mask, _ = alignment.apply(references, reference_mask)
         self.references = np.where(reference_mask, references, 0.0).astype(np.float32)
         self.reference_mask = reference_mask
+        # only the points some reference measured contribute: every product below is zero elsewhere
+        measured = np.flatnonzero(reference_mask.any(0))
+        self._span = (int(measured[0]), int(measured[-1]) + 1) if measured.size else (0, 0)
+        lo, hi = self._span
+        r = self.references[:, lo:hi]
+        rm = reference_mask[:, lo:hi].astype(np.float32)
+        self._r_t = np.ascontiguousarray(r.T)  # (S, R): x @ r.T
+        self._rm_t = np.ascontiguousarray(rm.T)  # x² @ rm.T: the frame's energy on each reference's points
+        self._m_t = np.ascontiguousarray(np.concatenate([rm, r**2]).T)  # m @ [rm | r²].T: overlap, ref energy
 
     @classmethod
     def from_models(cls, cosine_baseline, phase_model, threshold: float = DEFAULT_THRESHOLD) -> LibraryGate:
@@ -49,27 +61,51 @@ class LibraryGate:
         alignment = phase_model.alignment if getattr(phase_model, "align", False) else None
         return cls(refs, mask, alignment, threshold)
 
-    def similarity(self, prepared: PreparedFrames) -> np.ndarray:
+    def accepts_inputs_of(self, phase_model) -> bool:
+        """Whether `phase_model.inputs(prepared)` are what this gate compares (aligned the same
+        way), so that they can be passed as `similarity(prepared, inputs=...)`."""
+        aligns = bool(getattr(phase_model, "align", False))
+        return self.alignment is (phase_model.alignment if aligns else None)
+
+    def similarity(self, prepared: PreparedFrames, inputs: tuple | None = None) -> np.ndarray:
         """(n,) best cosine similarity over the points both the frame and a reference measured;
-        NaN for flagged frames."""
+        NaN for flagged frames.
+
+        inputs: (x, mask, index) of the usable frames already aligned with this gate's alignment,
+        e.g. from `phase_model.predict_proba_prepared(prepared, return_inputs=True)` when
+        `accepts_inputs_of(phase_model)`: the frames are then not aligned a second time."""
         out = np.full(len(prepared), np.nan)
-        ok = np.flatnonzero(prepared.ok)
-        if not len(ok):
-            return out
-        x, mask = prepared.x[ok], prepared.mask[ok]
-        if self.alignment is not None:
-            x, mask, _ = self.alignment.apply(x, mask)
-        x = np.where(mask, x, 0.0).astype(np.float32)
-        m = mask.astype(np.float32)
-        r, rm = self.references, self.reference_mask.astype(np.float32)
-        both = m @ rm.T  # (n, R) shared points, used only to reject empty overlaps
-        num = x @ (r * 1.0).T  # r is zero off its mask, x off its own
-        norm_x = np.sqrt((x**2) @ rm.T)  # frame energy on each reference's points
-        norm_r = np.sqrt(m @ (r**2).T)  # reference energy on the frame's points
+        if inputs is None:
+            ok = np.flatnonzero(prepared.ok)
+            if not len(ok):
+                return out
+            x, mask = prepared.x[ok], prepared.mask[ok]
+            if self.alignment is not None:
+                x, mask, _ = self.alignment.apply(x, mask)
+        else:
+            x, mask, ok = inputs
+            if not len(ok):
+                return out
+        out[ok] = self.scores(x, mask)
+        return out
+
+    def scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(n,) best cosine similarity of frames (x, mask) already aligned like the references."""
+        if not len(x):
+            return np.zeros(0)
+        lo, hi = self._span
+        m = mask[:, lo:hi]
+        xs = np.where(m, x[:, lo:hi], 0.0).astype(np.float32)
+        mf = m.astype(np.float32)
+        n_refs = self.references.shape[0]
+        num = xs @ self._r_t  # r is zero off its mask, x off its own
+        norm_x = np.sqrt(np.square(xs, out=xs) @ self._rm_t)  # frame energy on each reference's points
+        shared = mf @ self._m_t
+        both = shared[:, :n_refs]  # shared points, used only to reject empty overlaps
+        norm_r = np.sqrt(shared[:, n_refs:])  # reference energy on the frame's points
         cosine = num / np.maximum(norm_x * norm_r, 1e-30)
         cosine[both < 8] = -1.0
-        out[ok] = cosine.max(1)
-        return out
+        return cosine.max(1)
 
     def out_of_library(self, similarity: np.ndarray) -> np.ndarray:
         return np.asarray(similarity) < self.threshold

@@ -62,7 +62,7 @@ class FramePrediction:
     space_group_number: int = 0
     space_group_probability: float = math.nan
     transition_probability: float = math.nan  # P(frame lies above the first transition)
-    transition_pressure: float = math.nan  # running estimate after this frame, GPa
+    transition_pressure: float = math.nan  # running estimate after this frame's batch, GPa
     transition_pressure_uncertainty: float = math.nan  # 1 sigma, GPa
     flag: str = ""
     error: str = ""

@@ -53,6 +53,8 @@ from __future__ import annotations
 import json
 import math
 import platform
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +164,7 @@ def _one_frame(frame, two_theta, wavelength, grid: QGrid, snip_width_q: float):
 
 
 def prepare_frames(frames, grid: QGrid = CANONICAL_GRID, two_theta=None, wavelength: float | None = None,
-                   snip_width_q: float = 0.12) -> PreparedFrames:
+                   snip_width_q: float = 0.12, batched: bool = True) -> PreparedFrames:
     """Frames onto the model grid, background removed and max-normalised; bad frames flagged.
 
     frames: a `Ramp`, a `PreparedFrames` (returned as is), a (n, G) array, or a sequence of
@@ -170,6 +172,12 @@ def prepare_frames(frames, grid: QGrid = CANONICAL_GRID, two_theta=None, wavelen
     (degrees, with `wavelength` in Å); one of another length is assumed to span the same 2θ
     range and is resampled (noted, not flagged); arrays of the model grid's length with no
     axis given are taken as already on the model grid.
+
+    batched (default): frames that share one axis (the arrays on `two_theta`, those of one
+    other length, `Diffractogram`s with equal axes and nothing masked) go through together:
+    the source q, the interpolation indices and weights onto the grid are computed once per
+    axis and kept (`_axis_plan`, a small LRU cache), resampling is a gather, flags and SNIP
+    run on all rows at once. Same results as frame by frame (batched=False), to rounding.
     """
     if isinstance(frames, PreparedFrames):
         return frames
@@ -182,21 +190,219 @@ def prepare_frames(frames, grid: QGrid = CANONICAL_GRID, two_theta=None, wavelen
     n = len(frames)
     x = np.zeros((n, grid.n_points), np.float32)
     mask = np.zeros((n, grid.n_points), bool)
-    flags: list[str | None] = []
-    notes: list[str | None] = []
-    for i, frame in enumerate(frames):
+    flags: list[str | None] = [None] * n
+    notes: list[str | None] = [None] * n
+    done = np.zeros(n, bool)
+    if batched:
+        for group in _batch_groups(frames, two_theta, wavelength, grid):
+            done[group.index] = _prepare_group(group, grid, snip_width_q, x, mask, flags, notes)
+    for i in np.flatnonzero(~done):
         try:
-            xi, mi, flag, note = _one_frame(frame, two_theta, wavelength, grid, snip_width_q)
+            xi, mi, flag, note = _one_frame(frames[i], two_theta, wavelength, grid, snip_width_q)
         except PatternError as err:  # a frame the pattern type rejects (bad axis, ...) is set aside
             xi, mi, flag, note = None, None, "unreadable", str(err)
-        flags.append(flag)
-        notes.append(note)
+        flags[i], notes[i] = flag, note
         if xi is not None:
             x[i], mask[i] = xi, mi
     return PreparedFrames(x=x, mask=mask, flags=flags, notes=notes)
 
 
+# -- the batched path: the frames of one axis at once -------------------------------------------
+
+
+@dataclass(eq=False)
+class _Group:
+    """Frames (rows of `rows`, at positions `index` of the batch) measured on one axis."""
+
+    kind: str  # "two_theta" or "q"
+    axis: np.ndarray
+    wavelength: float | None
+    note: str | None
+    index: list[int]
+    rows: list[np.ndarray] | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _AxisPlan:
+    """Frames on one axis -> the model grid: what `_one_frame` works out per frame, once.
+
+    Grid points [lo, hi) lie inside the axis's q range (the mask of every frame on it); grid
+    point lo + i is interpolated between source points left[i] and left[i] + 1 with weight[i]
+    on the right one. flag: "out_of_range" for every frame on this axis, else None."""
+
+    axis: np.ndarray
+    flag: str | None
+    lo: int
+    hi: int
+    left: np.ndarray
+    weight: np.ndarray
+    width: int
+
+
+_PLANS: OrderedDict = OrderedDict()
+_PLANS_LOCK = threading.Lock()
+#: Axes whose plans are kept (least recently used dropped first).
+PLAN_CACHE_SIZE = 16
+
+
+def _axis_plan(kind: str, axis: np.ndarray, wavelength, grid: QGrid, snip_width_q: float) -> _AxisPlan | None:
+    """The plan of an axis, from the cache or built; None for an axis a `Diffractogram` rejects
+    (its frames then go frame by frame, which flags them as before)."""
+    key = (kind, axis.size, hash(axis.tobytes()), wavelength, grid, float(snip_width_q))
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
+        if plan is not None and np.array_equal(plan.axis, axis):
+            _PLANS.move_to_end(key)
+            return plan
+    try:
+        pattern = Diffractogram(x=axis, intensity=np.zeros(axis.size), axis=kind, wavelength=wavelength)
+        q = pattern.q
+    except PatternError:
+        return None
+    width = max(1, int(round(snip_width_q / grid.step)))
+    target = grid.values
+    inside = np.flatnonzero((target >= q[0]) & (target <= q[-1]))
+    if q[-1] < grid.q_min or q[0] > grid.q_max or inside.size < 8:
+        plan = _AxisPlan(axis.copy(), "out_of_range", 0, 0, np.zeros(0, int), np.zeros(0), width)
+    else:
+        lo, hi = int(inside[0]), int(inside[-1]) + 1
+        t = target[lo:hi]
+        left = np.clip(np.searchsorted(q, t, side="right") - 1, 0, q.size - 2)
+        weight = (t - q[left]) / (q[left + 1] - q[left])  # what np.interp uses, as a fraction
+        plan = _AxisPlan(axis.copy(), None, lo, hi, left, weight, width)
+    with _PLANS_LOCK:
+        _PLANS[key] = plan
+        _PLANS.move_to_end(key)
+        while len(_PLANS) > PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    return plan
+
+
+def _batch_groups(frames, two_theta, wavelength, grid: QGrid) -> list[_Group]:
+    """The frames the batched path takes, grouped by axis (the rest go frame by frame)."""
+    base = None
+    if two_theta is not None and wavelength is not None:
+        try:
+            base = np.asarray(two_theta, dtype=float)
+        except (TypeError, ValueError):
+            base = None
+        if base is not None and (base.ndim != 1 or base.size < 2):
+            base = None
+    if isinstance(frames, np.ndarray) and frames.ndim == 2 and frames.dtype != object:
+        m = frames.shape[1]
+        index = list(range(frames.shape[0]))
+        if two_theta is None and m == grid.n_points:
+            return [_Group("q", grid.values, None, None, index, frames)]
+        if base is not None and m == base.size:
+            return [_Group("two_theta", base, wavelength, None, index, frames)]
+    groups: dict[tuple, _Group] = {}
+    for i, frame in enumerate(frames):
+        if isinstance(frame, Diffractogram):
+            if not frame.mask.all() or (frame.axis == "two_theta" and frame.wavelength is None):
+                continue
+            x = frame.x
+            key = ("pattern", frame.axis, frame.wavelength, x.size, float(x[0]), float(x[-1]), float(x[x.size // 2]))
+            group = groups.get(key)
+            if group is not None and group.axis is not x and not np.array_equal(group.axis, x):
+                key = (*key, i)  # same ends, another axis: a group of its own
+                group = None
+            if group is None:
+                group = groups[key] = _Group(frame.axis, x, frame.wavelength, None, [], [])
+            group.index.append(i)
+            group.rows.append(frame.intensity)
+            continue
+        if isinstance(frame, np.ndarray) and frame.dtype == object:
+            continue
+        try:
+            y = np.asarray(frame, dtype=float).ravel()
+        except (TypeError, ValueError):
+            continue
+        if two_theta is None:
+            if y.size != grid.n_points:
+                continue
+            key, make = ("grid",), lambda: _Group("q", grid.values, None, None, [], [])
+        elif base is None or y.size < 2:
+            continue
+        elif y.size == base.size:
+            key, make = ("axis",), lambda: _Group("two_theta", base, wavelength, None, [], [])
+        else:  # wrong length: assumed to span the detector's nominal range (as `_one_frame`)
+            note = (f"resampled from {y.size} points (expected {base.size}) over 2θ "
+                    f"{base[0]:g}-{base[-1]:g}")
+            key = ("resampled", y.size)
+            make = (lambda size=y.size, note=note:
+                    _Group("two_theta", np.linspace(base[0], base[-1], size), wavelength, note, [], []))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = make()
+        group.index.append(i)
+        group.rows.append(y)
+    return list(groups.values())
+
+
+def _prepare_group(group: _Group, grid: QGrid, snip_width_q: float, x: np.ndarray, mask: np.ndarray,
+                   flags: list, notes: list) -> bool:
+    """Fill rows `group.index` of x, mask, flags, notes; False if the axis needs the per-frame path."""
+    plan = _axis_plan(group.kind, group.axis, group.wavelength, grid, snip_width_q)
+    if plan is None:
+        return False
+    index = np.asarray(group.index)
+    y = np.asarray(group.rows, dtype=float)  # (n, m)
+    n = len(index)
+    flag = np.full(n, None, dtype=object)
+    finite = np.isfinite(y).all(1)
+    flag[~finite] = "nan"
+    ok = np.flatnonzero(finite)
+    yo = y[ok]
+    flag[ok[~(yo != 0).any(1)]] = "zero"
+    ok = np.flatnonzero(flag == None)  # noqa: E711 (elementwise on an object array)
+    yo = y[ok]
+    flag[ok[yo.max(1) == yo.min(1)]] = "flat"
+    # frames set aside on their values alone carry no note (as `_one_frame`); the rest carry the group's
+    for i, f in zip(group.index, flag):
+        flags[i], notes[i] = f, (None if f is not None else group.note)
+    ok = np.flatnonzero(flag == None)  # noqa: E711
+    if not len(ok):
+        return True
+    if plan.flag is not None:
+        for j in ok:
+            flags[index[j]] = plan.flag
+        return True
+    y = y[ok]
+    a = np.take(y, plan.left, axis=1)
+    resampled = np.take(y, plan.left + 1, axis=1)
+    resampled -= a
+    resampled *= plan.weight
+    resampled += a  # = np.interp(grid, q, row) on [lo, hi)
+    corrected = resampled - snip_background(resampled, plan.width)
+    np.clip(corrected, 0.0, None, out=corrected)
+    top = corrected.max(1)
+    good = top > 0
+    for j in ok[~good]:
+        flags[index[j]] = "zero"
+    rows = index[ok[good]]
+    lo, hi = plan.lo, plan.hi
+    x[rows, lo:hi] = (corrected[good] / top[good, None]).astype(np.float32)
+    mask[rows, lo:hi] = True
+    return True
+
+
 # -- compression alignment ----------------------------------------------------------------------
+
+
+def _fast_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n (a length pocketfft transforms fast)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 class CompressionAlignment:
@@ -208,36 +414,98 @@ class CompressionAlignment:
     the cross-correlation with a reference pattern on a log-q axis (where scaling is a shift),
     refined to a fraction of a grid step, searched over `scale_range` (kept below 2/√3 = 1.155,
     the 111 -> 200 ratio of rock salt, so no peak is matched onto its neighbour).
+
+    Vectorised over frames: the log-q resampling is a fixed gather (indices and weights computed
+    once), the correlation is taken only over the lags searched and the measured part of the
+    frames (an FFT of a few thousand points instead of 2 x grid), the reference's transform is
+    kept until the reference changes, and `apply` gathers every frame's rescaled points at once
+    (the same values as `np.interp`, left/right 0, a point measured where the interpolated mask
+    exceeds 0.999).
     """
 
     def __init__(self, grid: QGrid, reference: np.ndarray | None = None, scale_range=(0.95, 1.12)):
         self.grid = grid
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.reference = None if reference is None else np.asarray(reference, dtype=np.float32)
         q = grid.values
+        self._q = q
         self._log_q = np.linspace(math.log(q[0]), math.log(q[-1]), grid.n_points)
         self._du = self._log_q[1] - self._log_q[0]
+        # the log-q grid as a gather from the q grid (np.interp's ends: the first / last value)
+        t = np.exp(self._log_q)
+        left = np.clip(np.searchsorted(q, t, side="right") - 1, 0, q.size - 2)
+        self._log_left = left
+        self._log_weight = np.clip((t - q[left]) / (q[left + 1] - q[left]), 0.0, 1.0)
+        self._lags = np.arange(int(math.floor(math.log(self.scale_range[0]) / self._du)),
+                               int(math.ceil(math.log(self.scale_range[1]) / self._du)) + 1)
+        self.reference = reference
 
-    def _to_log(self, x: np.ndarray) -> np.ndarray:
-        q = self.grid.values
-        return np.stack([np.interp(np.exp(self._log_q), q, row) for row in np.atleast_2d(x)])
+    @property
+    def reference(self) -> np.ndarray | None:
+        return self._reference
+
+    @reference.setter
+    def reference(self, value):
+        self._reference = None if value is None else np.asarray(value, dtype=np.float32)
+        self._reference_log = None if value is None else self._to_log(self._reference)[0]
+        self._reference_fft: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def _to_log(self, x: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """(n, hi - lo) float64: the frames on points [lo, hi) of the log-q grid."""
+        x = np.atleast_2d(x)
+        left, weight = self._log_left[lo:hi], self._log_weight[lo:hi]
+        a = np.take(x, left, axis=1).astype(float)
+        out = np.take(x, left + 1, axis=1).astype(float)
+        out -= a
+        out *= weight
+        out += a
+        return out
+
+    def _support(self, x: np.ndarray) -> tuple[int, int]:
+        """Points [lo, hi) of the log-q grid outside which every frame's log-q values are 0."""
+        nonzero = np.flatnonzero(np.any(x != 0, axis=0))
+        if not nonzero.size:
+            return 0, 0
+        lo = int(np.searchsorted(self._log_left + 1, nonzero[0], side="left"))
+        hi = int(np.searchsorted(self._log_left, nonzero[-1], side="right"))
+        return lo, max(lo, hi)
 
     def scales(self, x: np.ndarray) -> np.ndarray:
         """(n,) factor c per frame (frame peak at c·q_ref)."""
+        x = np.atleast_2d(x)
         if self.reference is None:
             return np.ones(len(x))
-        n_fft = 2 * self.grid.n_points
-        ref = np.fft.rfft(self._to_log(self.reference)[0], n_fft)
-        frames = np.fft.rfft(self._to_log(x), n_fft, axis=1)
-        corr = np.fft.irfft(frames * np.conj(ref)[None, :], n_fft, axis=1)  # corr[k] = Σ x[i+k] r[i]
-        lo = int(math.floor(math.log(self.scale_range[0]) / self._du))
-        hi = int(math.ceil(math.log(self.scale_range[1]) / self._du))
-        lags = np.arange(lo, hi + 1)
-        window = corr[:, lags % n_fft]
+        lags = self._lags
+        n_lags = len(lags)
+        lo, hi = self._support(x)
+        if hi <= lo:  # nothing measured: every lag correlates to 0, as on the full grid
+            window = np.zeros((len(x), n_lags))
+        else:
+            # corr[lag] = Σ_j x[j] r[j - lag] over the frames' support j in [lo, hi): a correlation
+            # of the frames with the reference segment r[lo - lag_max : hi - lag_min]
+            size = hi - lo
+            n_fft = _fast_length(size + n_lags - 1)
+            key = (lo, hi, n_fft)
+            ref = self._reference_fft.get(key)
+            if ref is None:
+                g = self.grid.n_points
+                start = lo - int(lags[-1])
+                seg = np.zeros(size + n_lags - 1)
+                a, b = max(start, 0), min(start + seg.size, g)
+                if b > a:
+                    seg[a - start: b - start] = self._reference_log[a:b]
+                ref = np.fft.rfft(seg, n_fft)
+                if len(self._reference_fft) > 8:
+                    self._reference_fft.clear()
+                self._reference_fft[key] = ref
+            frames = np.fft.rfft(self._to_log(x, lo, hi), n_fft, axis=1)
+            np.conjugate(frames, out=frames)
+            frames *= ref[None, :]
+            corr = np.fft.irfft(frames, n_fft, axis=1)  # corr[:, u] = Σ_s x[lo + s] seg[s + u]
+            window = corr[:, n_lags - 1:: -1]  # lag = lags[-1] - u, in the order of `lags`
         best = window.argmax(1)
-        inner = (best > 0) & (best < len(lags) - 1)
+        inner = (best > 0) & (best < n_lags - 1)
         rows = np.arange(len(x))
-        b = np.clip(best, 1, len(lags) - 2)
+        b = np.clip(best, 1, n_lags - 2)
         y0, y1, y2 = window[rows, b - 1], window[rows, b], window[rows, b + 1]
         denom = y0 - 2 * y1 + y2
         frac = np.where(inner & (denom < 0), 0.5 * (y0 - y2) / np.where(denom < 0, denom, -1.0), 0.0)
@@ -246,14 +514,44 @@ class CompressionAlignment:
     def apply(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Aligned (x, mask) and the factors; points that come from outside the frame get mask False."""
         c = self.scales(x)
-        q = self.grid.values
         out = np.zeros_like(x)
         out_mask = np.zeros_like(mask)
-        for i in range(len(x)):
-            source = q * c[i]
-            out[i] = np.interp(source, q, x[i], left=0.0, right=0.0)
-            out_mask[i] = np.interp(source, q, mask[i].astype(float), left=0.0, right=0.0) > 0.999
-        return out * out_mask, out_mask, c
+        measured = np.flatnonzero(mask.any(0))
+        if not len(x) or not measured.size:
+            return out, out_mask, c
+        q = self._q
+        g = q.size
+        step = (q[-1] - q[0]) / (g - 1)
+        # output points whose source c·q can fall next to a measured point of some frame
+        first = q[max(int(measured[0]) - 1, 0)] / float(c.max())
+        last = q[min(int(measured[-1]) + 1, g - 1)] / float(c.min())
+        lo = max(int(math.floor((first - q[0]) / step)) - 1, 0)
+        hi = min(int(math.ceil((last - q[0]) / step)) + 2, g)
+        if hi <= lo:
+            return out, out_mask, c
+        source = c[:, None] * q[None, lo:hi]  # what np.interp(q * c[i], q, row) evaluates
+        inside = (source >= q[0]) & (source <= q[-1])
+        f = source - q[0]
+        f /= step
+        np.clip(f, 0.0, g - 1.0, out=f)
+        left = np.minimum(f.astype(np.intp), g - 2)
+        weight = f - left
+        np.clip(weight, 0.0, 1.0, out=weight)
+        flat = left + (np.arange(len(x)) * g)[:, None]
+        values = np.take(x, flat).astype(float)
+        upper = np.take(x, flat + 1).astype(float)
+        upper -= values
+        upper *= weight
+        values += upper
+        m0 = np.take(mask, flat).astype(float)
+        m1 = np.take(mask, flat + 1).astype(float)
+        m1 -= m0
+        m1 *= weight
+        m1 += m0
+        keep = (m1 > 0.999) & inside
+        out[:, lo:hi] = np.where(keep, values, 0.0)
+        out_mask[:, lo:hi] = keep
+        return out, out_mask, c
 
     def fit(self, x: np.ndarray, mask: np.ndarray) -> CompressionAlignment:
         """Reference: the first pattern, then the mean of all patterns aligned to it (one refinement)."""
@@ -338,13 +636,23 @@ class _Base:
     def prepare(self, patterns, **kwargs) -> PreparedFrames:
         return prepare_frames(patterns, self.grid, **kwargs)
 
-    def _inputs(self, prepared: PreparedFrames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x, mask) of the usable frames, aligned if the model aligns, and their index."""
+    def inputs(self, prepared: PreparedFrames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, mask, index): the usable frames as the network sees them (compression-aligned if
+        the model aligns; x float32 (n_ok, G), mask bool) and their rows in `prepared`."""
         ok = np.flatnonzero(prepared.ok)
         x, mask = prepared.x[ok], prepared.mask[ok]
         if self.align and len(ok):
             x, mask, _ = self.alignment.apply(x, mask)
-        return x.astype(np.float32), mask, ok
+        return x.astype(np.float32, copy=False), mask, ok
+
+    _inputs = inputs
+
+    def proba(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(n, n_phases) probabilities of inputs from `inputs` (usable frames only, no NaN rows)."""
+        self._check_fitted()
+        if not len(x):
+            return np.zeros((0, self.n_phases))
+        return self._proba(x, mask)
 
     def _check_fitted(self):
         if not self.fitted:
@@ -353,12 +661,18 @@ class _Base:
     def predict_proba(self, patterns, **kwargs) -> np.ndarray:
         """(n, n_phases) phase probabilities; rows of flagged frames are NaN."""
         self._check_fitted()
-        prepared = self.prepare(patterns, **kwargs)
+        return self.predict_proba_prepared(self.prepare(patterns, **kwargs))
+
+    def predict_proba_prepared(self, prepared: PreparedFrames, return_inputs: bool = False):
+        """`predict_proba` of frames already prepared. return_inputs: also the model's inputs
+        (x, mask, index) as from `inputs`, e.g. for `LibraryGate.similarity(prepared, inputs=...)`,
+        which then does not align the frames a second time."""
+        self._check_fitted()
         out = np.full((len(prepared), self.n_phases), np.nan)
-        x, mask, ok = self._inputs(prepared)
+        x, mask, ok = self.inputs(prepared)
         if len(ok):
             out[ok] = self._proba(x, mask)
-        return out
+        return (out, (x, mask, ok)) if return_inputs else out
 
     def predict(self, patterns, **kwargs) -> np.ndarray:
         """Most probable phase per frame; -1 for flagged frames."""
