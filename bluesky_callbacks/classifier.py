@@ -79,7 +79,9 @@ class _Run:
     observed_pressure: array = field(default_factory=lambda: array("d"))  # per published frame, for steering
     observed_probability: array = field(default_factory=lambda: array("d"))  # P(above the first transition)
     estimates: list = field(default_factory=list)  # transition estimates after the last published frame
-    stopped: bool = False
+
+    def counts(self) -> dict:
+        return {"received": self.received, "classified": self.classified, "shed": self.n_shed, "errors": self.errors}
 
 
 _CLOSE = object()
@@ -112,7 +114,7 @@ class ClassifierCallback(event_model.DocumentRouter):
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0  # frames queued, not yet taken by the worker
         self._lock = threading.Lock()
-        self._published = threading.Condition()
+        self._published = threading.Lock()  # what history() reads, written by the worker
         self._latest: _Run | None = None
         self.subscriber_errors: list[str] = []
         self._worker = threading.Thread(target=self._work, name="xrd-nexus-ml-classifier", daemon=True)
@@ -238,26 +240,12 @@ class ClassifierCallback(event_model.DocumentRouter):
         estimate = Estimate.from_boundary(estimates[0]) if estimates else None
         return SteeringHistory(observations, estimate if estimate is not None and estimate.finite else None)
 
-    def wait_for(self, seq_num: int, timeout: float = 10.0) -> RunClassifier | None:
-        """Block until the latest run's frame `seq_num` has its prediction (for code outside
-        the RunEngine, e.g. scripts and tests); returns that run's classifier, None on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._published:
-            while True:
-                run = self._latest
-                if run is not None and run.last_seq_num >= seq_num:
-                    return run.classifier
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._published.wait(left)
-
     def counts(self, raw_uid: str | None = None) -> dict:
         """Frames received, classified, shed and failed for a run (default: the latest)."""
         run = self._latest
         if run is None or (raw_uid is not None and run.raw_uid != raw_uid):
             return {}
-        return {"received": run.received, "classified": run.classified, "shed": run.n_shed, "errors": run.errors}
+        return run.counts()
 
     # -- the worker ------------------------------------------------------------------------------
     def _work(self):
@@ -385,11 +373,10 @@ class ClassifierCallback(event_model.DocumentRouter):
                 run.observed_pressure.append(r.pressure)
                 run.observed_probability.append(r.transition_probability)
             run.last_seq_num = max(run.last_seq_num, max(r.seq_num for r in records))
-            self._published.notify_all()
 
     def _finish(self, run: _Run, raw_stop: dict):
         self._classify(run, [])  # frames shed after the last batch
-        counts = {"received": run.received, "classified": run.classified, "shed": run.n_shed, "errors": run.errors}
+        counts = run.counts()
         reason = (f"classified {run.classified} of {run.received} frames; shed {run.n_shed}; "
                   f"model errors {run.errors}; raw run ended {raw_stop.get('exit_status')}")
         status = "success" if run.n_shed == 0 and run.errors == 0 else "fail"

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -159,12 +158,10 @@ class InferenceEngine:
 class RunClassifier:
     """Classifies one scan's frames in arrival order and keeps its transition estimate."""
 
-    def __init__(self, engine: InferenceEngine, recent: int = 1024, changepoint_options: dict | None = None):
+    def __init__(self, engine: InferenceEngine, changepoint_options: dict | None = None):
         self.engine = engine
         options = engine.changepoint_options if changepoint_options is None else changepoint_options
         self.changepoint = OnlineChangePoint(engine.phase_names, **options)
-        self.recent: deque[FramePrediction] = deque(maxlen=recent)  # bounded: runs of 10^5 frames
-        self.n_frames = 0
 
     @property
     def estimates(self) -> list[BoundaryEstimate]:
@@ -190,26 +187,18 @@ class RunClassifier:
         evidence = np.where(usable[:, None], probs, np.nan)
         # one change-point update per batch: each record carries the estimate after its batch
         estimates = self.changepoint.update_many(evidence, [float(f.pressure) for f in frames])
-        out = [self._record(frame, probs[i], prepared.flags[i], float(similarity[i]), estimates)
-               for i, frame in enumerate(frames)]
-        self._keep(out)
-        return out
-
-    def _keep(self, records: list[FramePrediction]):
-        self.recent.extend(records)
-        self.n_frames += len(records)
+        return [self._record(frame, probs[i], bool(usable[i]), prepared.flags[i], float(similarity[i]), estimates)
+                for i, frame in enumerate(frames)]
 
     def failed(self, frames: Sequence[Frame], error: BaseException | str, flag: str = "error") -> list[FramePrediction]:
         """Records for frames a model failed on (or that were shed): shapes stay those of the run."""
         engine = self.engine
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         now = time.perf_counter()
-        out = [FramePrediction.unclassified(
+        return [FramePrediction.unclassified(
             f.seq_num, flag, message, len(engine.phase_names), engine.top_k, raw_uid=f.raw_uid,
             pressure=float(f.pressure), energy=float(f.energy), latency=(now - f.received) * 1e3,
             model_ids=engine.model_ids) for f in frames]
-        self._keep(out)
-        return out
 
     @staticmethod
     def _model_inputs(frames: Sequence[Frame]) -> tuple[list, dict]:
@@ -224,17 +213,16 @@ class RunClassifier:
                 "two_theta": first.two_theta, "wavelength": first.wavelength}
         return [f.pattern() for f in frames], {}
 
-    def _record(self, frame: Frame, probs: np.ndarray, prep_flag: str | None, similarity: float,
+    def _record(self, frame: Frame, probs: np.ndarray, usable: bool, prep_flag: str | None, similarity: float,
                 estimates: list[BoundaryEstimate]) -> FramePrediction:
         engine = self.engine
         names, k = engine.phase_names, engine.top_k
-        usable = prep_flag is None and bool(np.all(np.isfinite(probs)))
         pressure = float(frame.pressure)
         flag = "" if usable else {"flat": "zero", "out_of_range": "range", "unreadable": "nan"}.get(prep_flag, prep_flag or "nan")
         if usable and not math.isfinite(pressure):
             flag = "pressure"
         first = estimates[0] if estimates else None
-        order = np.argsort(-np.nan_to_num(probs, nan=-1.0))[:k] if usable else np.full(k, -1)
+        order = np.argsort(-probs)[:k] if usable else np.full(k, -1)
         record = FramePrediction(
             seq_num=frame.seq_num,
             raw_uid=frame.raw_uid,
