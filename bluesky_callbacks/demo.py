@@ -124,24 +124,23 @@ def _read_back(run_store, uid: str, device: str, pattern_key: str) -> dict:
 
 
 def _read_nexus(path: Path) -> dict:
-    """The same, from the NeXus file (when no store was asked for)."""
-    from nexus_definitions.reader import read_patterns
-
-    patterns, pressures, _ = read_patterns(path)
+    """The same, from the NeXus file (when no store was asked for), at the paths of its layout."""
     import h5py
 
+    from nexus_definitions import layout as L
+    from nexus_definitions.layout import decode
+
     with h5py.File(path, "r") as h5:
-        entry = next(iter(h5.values()))
-        pred = next(g for g in entry.values() if g.attrs.get("NX_class") in (b"NXprocess", "NXprocess")
-                    and "phase" in g)
-        decode = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
-        return {"intensity": np.stack([p.intensity for p in patterns]), "two_theta": None,
-                "pressure": np.asarray(pressures), "phase": [decode(v) for v in pred["phase"][()]],
-                "transition_probability": pred["transition_probability"][()],
-                "transition_pressure": pred["transition_pressure"][()],
-                "transition_pressure_uncertainty": pred["transition_pressure_uncertainty"][()],
-                "flag": [decode(v) for v in pred["flag"][()]], "latency": pred["latency"][()],
-                "phase_names": [decode(v) for v in pred["phase_names"][()]], "source": str(path)}
+        entry = h5[L.ENTRY]
+        results = entry[f"{L.PREDICTIONS}/{L.PROCESS_RESULTS}"]
+        return {"intensity": entry[L.PATTERN][()], "two_theta": entry[L.TWO_THETA][()],
+                "pressure": entry[L.PRESSURE][()], "phase": [decode(v) for v in results["phase"][()]],
+                "transition_probability": results["transition_probability"][()],
+                "transition_pressure": results["transition_pressure"][()],
+                "transition_pressure_uncertainty": results["transition_pressure_uncertainty"][()],
+                "flag": [decode(v) for v in results["flag"][()]], "latency": results["latency"][()],
+                "phase_names": [decode(v) for v in entry[f"{L.PREDICTIONS}/{L.PROCESS_PARAMETERS}/phase_names"][()]],
+                "source": str(path)}
 
 
 def _summarise(frames: dict, counts: dict, steering: bool, precision: float, truth: float, nexus_path: Path,

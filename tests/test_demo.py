@@ -52,3 +52,11 @@ def test_bench_callback_reports_the_promised_keys_and_loses_no_frame(tmp_path):
     assert result["runs"]["long"]["frames_without_record"] == 0  # every frame has a prediction or a flag
     assert result["frames_lost"] == 0  # the queue (8192 frames) holds a 600-frame run
     assert result["latency_p99_ms"] >= result["latency_median_ms"] > 0
+
+
+def test_demo_without_a_store_reads_its_results_back_from_the_nexus_file(tmp_path):
+    summary = run_demo(tmp_path, transition_pressure=TRUTH, precision=0.5, max_frames=30, seed=4, store=False)
+    assert summary["store"] is None and summary["read_back_from"] == summary["nexus_file"]
+    assert summary["nexus_valid"] and summary["error_gpa"] < 1.0
+    assert set(summary["phases"]) == {"B1", "rB1"}
+    assert (tmp_path / "demo.png").stat().st_size > 20_000
