@@ -37,7 +37,8 @@ class ExternalData:
 
         registry = dict(HANDLERS)
         registry.update(handler_registry or {})
-        self.filler = event_model.Filler(registry, inplace=False)
+        self._handlers: dict = {}  # ours, so close() can close the files handlers opened
+        self.filler = event_model.Filler(registry, inplace=False, handler_cache=self._handlers)
         self.stream_resources: dict[str, dict] = {}
         self._files: dict[str, object] = {}
 
@@ -103,4 +104,8 @@ class ExternalData:
         for h5 in self._files.values():
             h5.close()
         self._files.clear()
+        for handler in self._handlers.values():  # Filler.close() leaves handlers' files open
+            if hasattr(handler, "close"):
+                handler.close()
+        self._handlers.clear()
         self.filler.close()
