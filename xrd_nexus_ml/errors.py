@@ -44,3 +44,7 @@ class StructureFileNotFoundError(StructureError, FileNotFoundError):
     def __init__(self, message: str):
         super().__init__(message)
         self.errno = errno.ENOENT
+
+
+class ModelBundleError(XrdNexusMlError, ValueError):
+    """A model bundle (weights + card) is missing, corrupt or of another kind; names the file."""

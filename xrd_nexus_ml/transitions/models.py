@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xrd_nexus_ml.errors import PatternError, XrdNexusMlError
+from xrd_nexus_ml.errors import ModelBundleError, PatternError, XrdNexusMlError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid
 from xrd_nexus_ml.preprocess import snip_background
 
@@ -71,10 +71,6 @@ from xrd_nexus_ml.preprocess import snip_background
 BELIEVABILITY_A = 1.4337
 BELIEVABILITY_B = 0.4337
 CARD_VERSION = 1
-
-
-class ModelBundleError(XrdNexusMlError, ValueError):
-    """A model bundle (weights + card) is missing, corrupt or of another kind; names the file."""
 
 
 def believability(accuracy) -> np.ndarray:
