@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from xrd_nexus_ml.models import (
+    BinnedEncoder,
     AdaCosHead,
     CosFaceHead,
     FlatClassifier,
@@ -524,3 +525,29 @@ def test_flat_classifier_and_constructor_errors():
         MixtureOfExperts(trunk, trunk.out_width, [expert], [[0, 1]], 3, k=1)
     with pytest.raises(ValueError, match="distinct"):
         build_moe([[0, 0]], [[0, 0]], 2, TINY_TRUNK, TINY_EXPERT, k=1)
+
+
+def test_binned_encoder_tells_where_a_peak_is():
+    """Global pooling of a (nearly) translation-invariant net hardly moves when a peak moves;
+    the position bins must: the same peak at two places gives clearly different summaries."""
+    torch.manual_seed(0)
+    body = RegNet1D(RegNetConfig(stem_width=8, widths=(16,), depths=(1,), group_width=8), pool=False)
+    encoder = BinnedEncoder(body, channels=4, bins=16).eval()
+    assert encoder.out_width == 64
+    x = torch.zeros(2, 2, 1024)
+    x[:, 1] = 1.0
+    x[0, 0, 300:306] = 1.0
+    x[1, 0, 700:706] = 1.0
+    with torch.no_grad():
+        binned = encoder(x)
+        pooled = body.features(x).mean(-1)
+    assert binned.shape == (2, 64)
+    binned_change = (binned[0] - binned[1]).norm() / binned[0].norm()
+    pooled_change = (pooled[0] - pooled[1]).norm() / pooled[0].norm()
+    assert binned_change > 5 * pooled_change
+    moe = build_moe([[0, 1], [1, 2]], [[0, 0], [0, 1]], 3, expert_bins=8, expert_bin_channels=4)
+    assert isinstance(moe.experts[0].encoder, BinnedEncoder)
+    out = moe.eval()(torch.rand(3, 2, 2048))
+    torch.testing.assert_close(out.probs.sum(1), torch.ones(3))
+    with pytest.raises(ValueError, match="positive"):
+        BinnedEncoder(body, channels=0, bins=4)

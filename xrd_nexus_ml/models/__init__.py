@@ -2,6 +2,7 @@
 
 from xrd_nexus_ml.models.metric import AdaCosHead, CosFaceHead, ExpertOutput, HierarchicalExpert
 from xrd_nexus_ml.models.moe import (
+    BinnedEncoder,
     FlatClassifier,
     GateOutput,
     MixtureOfExperts,
@@ -15,6 +16,7 @@ from xrd_nexus_ml.models.regnet1d import RegNet1D, RegNetConfig
 
 __all__ = [
     "AdaCosHead",
+    "BinnedEncoder",
     "CosFaceHead",
     "ExpertOutput",
     "FlatClassifier",

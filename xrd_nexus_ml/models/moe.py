@@ -359,6 +359,29 @@ class MixtureOfExperts(nn.Module):
         return total, parts
 
 
+class BinnedEncoder(nn.Module):
+    """A RegNet tail whose feature map is summarised per position bin instead of globally.
+
+    Global average pooling keeps what a peak looks like but hardly where it is, and in
+    diffraction the positions identify the phase (LiF and MnO are both rock salt; their
+    lattices differ by 10 %). Here a 1x1 convolution narrows the map to `channels`, it is
+    averaged over `bins` equal slices of the pattern, and the slices are concatenated:
+    `out_width` = channels × bins features that say what lies where."""
+
+    def __init__(self, body: RegNet1D, channels: int, bins: int) -> None:
+        super().__init__()
+        if channels < 1 or bins < 1:
+            raise ValueError(f"channels and bins must be positive, got {channels}, {bins}")
+        self.body = body
+        self.narrow = nn.Sequential(nn.Conv1d(body.out_width, channels, 1, bias=False), nn.BatchNorm1d(channels),
+                                    nn.ReLU(inplace=True))
+        self.bins = bins
+        self.out_width = channels * bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool1d(self.narrow(self.body.features(x)), self.bins).flatten(1)
+
+
 def build_moe(
     expert_classes: Sequence[Sequence[int]],
     expert_coarse: Sequence[Sequence[int]],
@@ -369,11 +392,15 @@ def build_moe(
     k: int = 2,
     *,
     gate_bins: int = 8,
+    expert_bins: int = 1,
+    expert_bin_channels: int = 8,
 ) -> MixtureOfExperts:
     """A mixture with a RegNet1D trunk and one RegNet1D-tail hierarchical expert per entry of
     `expert_classes`; expert e has max(expert_coarse[e]) + 1 coarse classes. None configs mean
     the tuned defaults; `gate_bins` as in `MixtureOfExperts` (8 here: a linear gate on the global
-    average alone learned the routing of even a toy problem poorly)."""
+    average alone learned the routing of even a toy problem poorly). `expert_bins` > 1 gives every
+    expert a `BinnedEncoder` (position bins of `expert_bin_channels` channels) instead of global
+    average pooling."""
     trunk_config = trunk_config or default_trunk_config()
     expert_config = expert_config or default_expert_config()
     if len(expert_coarse) != len(expert_classes):
@@ -384,6 +411,8 @@ def build_moe(
         if len(cls) == 0 or len(co) != len(cls):
             raise ValueError(f"expert {e} needs at least one class and one coarse id per class")
         encoder = RegNet1D(expert_config, with_stem=False, in_width=trunk.out_width)
+        if expert_bins > 1:
+            encoder = BinnedEncoder(encoder, expert_bin_channels, expert_bins)
         n_coarse = max(int(c) for c in co) + 1
         experts.append(HierarchicalExpert(encoder, encoder.out_width, embedding_dim, n_coarse, len(cls)))
     return MixtureOfExperts(
