@@ -1,0 +1,245 @@
+"""An endless stream of augmented training patterns of a library's reference phases.
+
+Enumerating reflections and their structure factors is by far the dearest step of a simulation
+(~15 ms per structure on the canonical grid, q <= 8 Å^-1); everything an augmentation changes
+comes after it. So `PeakCache` computes each reference's merged peaks once (Debye-Waller
+factor B = 0), and every draw re-applies what varies: an isotropic Debye-Waller factor
+(I × exp(-B q² / 8π²)), then the peak- and pattern-stage transforms of `physics.augment`
+(strain, peak loss, intensity scaling, shifts, crystallite size, background, noise, measured
+range). Each draw is new: there is no fixed set of augmented copies to leak from.
+
+Preferred orientation acts here on merged peaks with their representative hkl (the reflections
+of a merged peak are symmetry equivalents, so one March-Dollase factor per peak is an
+approximation that is adequate for augmentation).
+
+`prepare_inputs` turns patterns into model input: smooth background removed by SNIP over the
+measured span (outside it the pattern is held at its edge values, so SNIP sees no step), then
+max-normalised, then square-rooted (weak peaks carry the identity of minor phases). Measured
+patterns go through `transitions.models.prepare_frames` (the same SNIP width) and then
+`model_input`, so training and measurement see the same transformation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from xrd_nexus_ml.physics import CrystalBatch, PeakList, PowderSimulator
+from xrd_nexus_ml.physics.augment import (
+    Background,
+    Compose,
+    CrystalliteSize,
+    GaussianNoise,
+    IntensityScaling,
+    LatticeStrain,
+    PeakLoss,
+    PeakShift,
+    PoissonNoise,
+    PreferredOrientation,
+    RangeMask,
+    ImpurityPhase,
+)
+from xrd_nexus_ml.physics.profiles import render
+from xrd_nexus_ml.physics.simulator import SimulatedBatch
+from xrd_nexus_ml.preprocess import snip_background
+
+#: SNIP clipping width in Å^-1, as for the transition models (`prepare_frames`' default).
+SNIP_WIDTH_Q = 0.12
+#: λ(Kα2)/λ(Kα1) of a copper tube: a Kα2 line sits at q × this ratio on the Kα1 q axis.
+CU_KALPHA2_RATIO = 1.54439 / 1.54056
+
+
+def identification_pipeline(impurity_pool: PeakList | None = None) -> Compose:
+    """Augmentations for identifying phases of a reference library in laboratory or beamline data.
+
+    Wider than the space-group defaults where references and measurements disagree most:
+    cells of database (often DFT-relaxed) structures are off by up to a few per cent
+    (isotropic strain ±3 %, with ±1 % per edge on top), texture is strong in flat-plate lab
+    samples (March-Dollase r 0.5-1.5), and measured peaks are often broad (crystallites
+    5-150 nm, log-uniform).
+    impurity_pool: the library's own peaks; 40 % of patterns then carry a second phase at
+    2-40 % of the main phase's strongest line, so the classifier names the dominant phase of a
+    mixture (the identifier finds the others by subtraction).
+    """
+    impurity = ([ImpurityPhase(probability=0.4, pool=impurity_pool, fraction=(0.02, 0.4))]
+                if impurity_pool is not None else [])
+    return Compose((
+        PreferredOrientation(probability=0.5, r_range=(0.5, 1.5)),
+        LatticeStrain(strain_range=(-0.03, 0.03), mode="isotropic"),
+        LatticeStrain(probability=0.5, strain_range=(-0.01, 0.01), mode="anisotropic"),
+        PeakLoss(probability=0.3, drop_probability=(0.0, 0.15)),
+        IntensityScaling(probability=0.7, spread=0.3),
+        *impurity,
+        PeakShift(zero_offset_deg=(-0.1, 0.1), displacement_mm=(-0.15, 0.15), goniometer_radius_mm=240.0),
+        CrystalliteSize(size_nm=(5.0, 150.0)),
+        Background(),
+        PoissonNoise(max_counts=(3e2, 1e5)),
+        GaussianNoise(probability=0.3, sigma=(0.0, 0.01)),
+        RangeMask(q_min=(0.3, 1.2), q_max=(3.5, 8.0)),
+    ))
+
+
+@dataclass
+class PeakCache:
+    """Merged peaks (q, intensity at B = 0, representative hkl) of each reference, computed once."""
+
+    q: list[torch.Tensor]
+    intensity: list[torch.Tensor]
+    hkl: list[torch.Tensor]
+    reciprocal_lattice: torch.Tensor  # (n, 3, 3)
+    lattice: torch.Tensor  # (n, 3, 3)
+
+    @classmethod
+    def build(cls, structures: Sequence, simulator: PowderSimulator, chunk: int = 32) -> PeakCache:
+        q, intensity, hkl, recip, lattice = [], [], [], [], []
+        for start in range(0, len(structures), chunk):
+            crystals = simulator.batch(structures[start:start + chunk])
+            crystals = crystals.with_b_factors(torch.zeros_like(crystals.b_factors))
+            peaks = simulator.reflections(crystals).merged().without_weak()
+            for row in range(len(crystals)):
+                live = peaks.intensity[row] > 0
+                q.append(peaks.q[row][live].clone())
+                intensity.append(peaks.intensity[row][live].clone())
+                hkl.append(peaks.hkl[row][live].clone())
+            recip.append(peaks.reciprocal_lattice)
+            lattice.append(crystals.lattice)
+        return cls(q, intensity, hkl, torch.cat(recip), torch.cat(lattice))
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def peaks(self, indices: Sequence[int], b_factor: torch.Tensor | None = None) -> PeakList:
+        """Padded peaks of references `indices`, each damped by its Debye-Waller B (Å²) if given."""
+        n_max = max(1, max(len(self.q[i]) for i in indices))
+        b = len(indices)
+        dtype = self.reciprocal_lattice.dtype
+        q = torch.zeros(b, n_max, dtype=dtype)
+        inten = torch.zeros(b, n_max, dtype=dtype)
+        hkl = torch.zeros(b, n_max, 3, dtype=torch.long)
+        for row, i in enumerate(indices):
+            m = len(self.q[i])
+            q[row, :m], inten[row, :m], hkl[row, :m] = self.q[i], self.intensity[i], self.hkl[i]
+        if b_factor is not None:
+            inten = inten * torch.exp(-b_factor.to(dtype).unsqueeze(1) * q**2 / (8.0 * math.pi**2))
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return PeakList(q=q, intensity=inten, hkl=hkl, reciprocal_lattice=self.reciprocal_lattice[index])
+
+    def lattices(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.lattice[torch.as_tensor(list(indices), dtype=torch.long)]
+
+
+def _fill_outside(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Rows of `y` with unmeasured points set to the nearest measured value (a flat extension)."""
+    out = y.copy()
+    for row in range(y.shape[0]):
+        idx = np.flatnonzero(mask[row])
+        if idx.size == 0:
+            continue
+        lo, hi = idx[0], idx[-1]
+        out[row, :lo] = y[row, lo]
+        out[row, hi + 1:] = y[row, hi]
+        gaps = ~mask[row, lo:hi + 1]
+        if gaps.any():  # a detector gap: interpolate across it
+            xs = np.arange(lo, hi + 1)
+            out[row, lo:hi + 1][gaps] = np.interp(xs[gaps], xs[~gaps], y[row, lo:hi + 1][~gaps])
+    return out
+
+
+def prepare_inputs(intensity: np.ndarray, mask: np.ndarray, step_q: float,
+                   snip_width_q: float = SNIP_WIDTH_Q) -> np.ndarray:
+    """(n, 2, G) float32 model input of raw patterns on the model grid: SNIP, normalise, √, mask."""
+    y = np.where(mask, np.asarray(intensity, dtype=float), 0.0)
+    width = max(1, int(round(snip_width_q / step_q)))
+    background = snip_background(_fill_outside(y, mask), width)
+    y = np.where(mask, np.clip(y - background, 0.0, None), 0.0)
+    return model_input(y, mask)
+
+
+def model_input(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(n, 2, G) float32: √ of the max-normalised, background-free pattern, and the mask."""
+    x = np.where(mask, np.clip(np.asarray(x, dtype=np.float32), 0.0, None), 0.0)
+    top = x.max(axis=1, keepdims=True)
+    x = np.sqrt(x / np.where(top > 0, top, 1.0))
+    return np.stack([x, mask.astype(np.float32)], axis=1).astype(np.float32)
+
+
+@dataclass
+class Draw:
+    """One batch of the stream: model input, and which reference each row shows."""
+
+    inputs: torch.Tensor  # (B, 2, G)
+    reference: np.ndarray  # (B,) index into the cache's references
+
+
+class ReferenceStream:
+    """Endless batches of augmented patterns of `references` (indices into the cache), seeded.
+
+    b_range: isotropic Debye-Waller B in Å² per pattern. pipeline: peak- and pattern-stage
+    transforms (crystal-stage ones are not applied: the peaks are cached). kalpha2_probability:
+    share of batches rendered with a Cu Kα2 doublet (half the Kα1 height), as an unmonochromated
+    laboratory tube gives; the rest are monochromatic, as at a beamline."""
+
+    def __init__(self, cache: PeakCache, simulator: PowderSimulator, references: Sequence[int],
+                 batch_size: int = 64, seed: int = 0, pipeline: Compose | None = None,
+                 b_range: tuple[float, float] = (0.0, 1.5), kalpha2_probability: float = 0.5):
+        if not len(references):
+            raise ValueError("a reference stream needs at least one reference")
+        self.cache, self.simulator = cache, simulator
+        self.references = np.asarray(references, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.pipeline = pipeline if pipeline is not None else identification_pipeline()
+        stages = {t.stage for t in self.pipeline}
+        if "crystal" in stages:
+            raise ValueError("the reference stream caches peaks: crystal-stage transforms cannot apply; "
+                             "use b_range for the Debye-Waller factor")
+        self.b_range = b_range
+        self.kalpha2_probability = float(kalpha2_probability)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def config(self) -> dict:
+        """The recipe for a model card (an impurity pool is named, not listed: it is the library)."""
+        transforms = []
+        for t in self.pipeline:
+            entry = t.to_config()
+            if isinstance(t, ImpurityPhase):
+                entry["pool"] = "the library's references"
+                entry.pop("names", None)
+            transforms.append(entry)
+        return {"transforms": transforms, "debye_waller_b_range": list(self.b_range),
+                "batch_size": self.batch_size, "snip_width_q": SNIP_WIDTH_Q,
+                "kalpha2_probability": self.kalpha2_probability, "kalpha2_ratio": 0.5, "input": "sqrt(max-normalised)"}
+
+    def draw(self, references: np.ndarray | None = None) -> Draw:
+        """One batch: `references` (indices into the cache) or a balanced random choice."""
+        if references is None:
+            references = self.rng.choice(self.references, size=self.batch_size, replace=True)
+        lo, hi = self.b_range
+        b = lo + (hi - lo) * torch.rand(len(references), generator=self.generator)
+        peaks = self.cache.peaks(references, b)
+        lattice = self.cache.lattices(references)
+        n = len(references)
+        crystals = CrystalBatch(lattice=lattice, frac_coords=torch.zeros(n, 0, 3), atomic_numbers=torch.zeros(n, 0,
+                                dtype=torch.long), occupancy=torch.zeros(n, 0), b_factors=torch.zeros(n, 0))
+        settings = self.simulator.settings
+        if float(torch.rand((), generator=self.generator)) < self.kalpha2_probability:
+            profile = settings.profile.replace(kalpha2_ratio=0.5,
+                                               kalpha2_wavelength=settings.wavelength * CU_KALPHA2_RATIO)
+            settings = replace(settings, profile=profile)
+        state = SimulatedBatch(crystals=crystals, settings=settings, reflections=peaks)
+        state = self.pipeline.apply("reflections", state, self.generator)
+        state.peaks = state.reflections
+        state = self.pipeline.apply("peaks", state, self.generator)
+        state.intensity = render(state.peaks, state.settings)
+        state.mask = torch.ones_like(state.intensity, dtype=torch.bool)
+        state = self.pipeline.apply("pattern", state, self.generator)
+        inputs = prepare_inputs(state.intensity.numpy(), state.mask.numpy(), self.simulator.grid.step)
+        return Draw(inputs=torch.from_numpy(inputs), reference=np.asarray(references))
+
+    def __iter__(self) -> Iterator[Draw]:
+        while True:
+            yield self.draw()
