@@ -163,7 +163,7 @@ def cmd_live_demo(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from nexus_definitions.classify import cmd_classify as classify
+    from xrd_nexus_ml.identification.commands import cmd_classify as classify
 
     return classify(args)
 
@@ -294,10 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=4096, help="frames waiting before new ones are shed")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("classify", help="classify the frames of NeXus files; predictions go in a new NXprocess group")
-    p.add_argument("files", nargs="+", help="NeXus/HDF5 files with an NXdata of patterns")
-    p.add_argument("--entry", default=None, help="the NXentry (default: the first)")
-    p.add_argument("--wavelength", default=None, help="Å or anode name when the file records no energy")
+    p = sub.add_parser("classify", help="identify the phases of pattern files; NeXus files: phase-transition "
+                                        "predictions in a new NXprocess group")
+    p.add_argument("files", nargs="+", help="pattern files (.xy, .xye, .xrdml, .npy, ...) and/or NeXus/HDF5 files")
+    p.add_argument("--model", default=None, help="identification model: a bundle folder or a shipped name "
+                                                 "(default: 'default')")
+    p.add_argument("--elements", default=None, help="comma-separated elements that may be present, e.g. Li,Mn,Ti,O")
+    p.add_argument("--max-phases", type=int, default=3, help="most phases reported per pattern")
+    p.add_argument("--plot", nargs="?", const=".", default=None, metavar="DIR",
+                   help="write <name>.phases.png (pattern + identified sticks) into DIR (default: .)")
+    p.add_argument("--entry", default=None, help="NeXus: the NXentry (default: the first)")
+    p.add_argument("--wavelength", default=None, help="Å or anode name when the file records none")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
@@ -331,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fast", action="store_true", help="fewer training epochs (smoke runs)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
+    from xrd_nexus_ml.identification.commands import add_parsers as add_identification_parsers
+
+    add_identification_parsers(sub, evaluate, bench, train)
     return parser
 
 

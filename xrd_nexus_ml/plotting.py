@@ -54,3 +54,35 @@ def plot_demo(path: Path, grid, clean, augmented, names, measured: dict, matches
     ax.set_yticks([])
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_identification(pattern, result, model, out_dir: Path) -> Path:
+    """The measured pattern (2θ if it has a wavelength, else q) with the sticks of each identified
+    phase's fitted reference, shifted by its fitted strain; written to `out_dir/<name>.phases.png`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {p["name"]: i for i, p in enumerate(model.phases)}
+    use_two_theta = pattern.axis == "two_theta" and pattern.wavelength
+    x = pattern.two_theta if use_two_theta else pattern.q
+    fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
+    ax.plot(x, _normalised(np.asarray(pattern.intensity, float)), color="k", lw=0.7, label="measured")
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    for k, phase in enumerate(result.phases):
+        q, inten = model.sticks[by_name[phase.reference]]
+        q = q / (1.0 + phase.strain)
+        if use_two_theta:
+            s = q * pattern.wavelength / (4 * np.pi)
+            q, inten = np.degrees(2 * np.arcsin(s[s < 1])), inten[s < 1]
+        keep = (q >= lo) & (q <= hi)
+        base = -0.15 * (k + 1)
+        ax.vlines(q[keep], base, base + 0.12 * inten[keep], color=f"C{k}", lw=1.0,
+                  label=f"{phase.formula} ({phase.space_group_symbol}), p={phase.probability:.2f}")
+    title = Path(result.source).name + (": OUT OF LIBRARY" if result.out_of_library else "")
+    ax.set_title(title)
+    ax.set_xlabel("2θ (°)" if use_two_theta else "q (1/Å)")
+    ax.set_yticks([])
+    ax.legend(loc="upper right", fontsize=8)
+    path = out_dir / f"{Path(result.source).stem}.phases.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,204 @@
+"""Identification: training stream, model bundle, reference fit, identifier and CLI, on real data.
+
+The model trained here is tiny (a few dozen steps on a handful of references) so the fast suite
+checks mechanics; what the shipped models achieve is measured by `evaluate identify` and by
+the tests on the committed small real-data model below."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.identify import BuildConfig, build_model
+from xrd_nexus_ml.cli import main
+from xrd_nexus_ml.errors import ModelBundleError
+from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
+from xrd_nexus_ml.identification.library import LibraryError, formula_elements, load_cif_library
+from xrd_nexus_ml.identification.model import IdentificationModel
+from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
+from xrd_nexus_ml.io import read_pattern
+from xrd_nexus_ml.physics import PowderSimulator
+
+from conftest import LMTOF_REFERENCES as REFERENCES
+from conftest import EXAMPLES as SPECTRA  # MnO.xy, TiO2.xy, Mn2O3.xy
+FEW = ["MnO_225.cif", "MnO2_136.cif", "TiO2_141.cif", "TiO2_136.cif", "LiF_225.cif", "Mn2O3_206.cif"]
+
+
+@pytest.fixture(scope="module")
+def few_cifs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cifs")
+    for name in FEW:
+        shutil.copy(REFERENCES / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(few_cifs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    library = load_cif_library(few_cifs)
+    config = BuildConfig(steps=30, batch_size=32, replay=128, val_fraction=0.2, calibration_patterns=64,
+                         checkpoint_every=10, workers=0)
+    build_model(library, out, config, progress=False)
+    return out
+
+
+def test_peak_cache_matches_the_simulator(few_cifs):
+    from xrd_nexus_ml.io import read_structure
+
+    structures = [read_structure(few_cifs / n) for n in FEW[:3]]
+    sim = PowderSimulator(wavelength="CuKa1", device="cpu")
+    cache = PeakCache.build(structures, sim)
+    crystals = sim.batch(structures)
+    direct = sim.reflections(crystals.with_b_factors(torch.zeros_like(crystals.b_factors))).merged().without_weak()
+    for i in range(3):
+        live = direct.intensity[i] > 0
+        assert torch.allclose(cache.q[i], direct.q[i][live])
+        assert torch.allclose(cache.intensity[i], direct.intensity[i][live])
+    # the Debye-Waller factor damps high-q peaks more than low-q ones
+    damped = cache.peaks([0], torch.tensor([2.0]))
+    ratio = damped.intensity[0, : len(cache.q[0])] / cache.intensity[0]
+    assert ratio[0] > ratio[-1] and float(ratio.max()) <= 1.0
+
+
+def test_stream_draws_are_seeded_masked_and_normalised(few_cifs):
+    from xrd_nexus_ml.io import read_structure
+
+    structures = [read_structure(few_cifs / n) for n in FEW]
+    sim = PowderSimulator(wavelength="CuKa1", device="cpu")
+    cache = PeakCache.build(structures, sim)
+    pool = cache.peaks(range(len(cache)))
+    a = ReferenceStream(cache, sim, range(len(cache)), batch_size=8, seed=3, pipeline=identification_pipeline(pool))
+    b = ReferenceStream(cache, sim, range(len(cache)), batch_size=8, seed=3, pipeline=identification_pipeline(pool))
+    da, db = a.draw(), b.draw()
+    assert torch.equal(da.inputs, db.inputs) and np.array_equal(da.reference, db.reference)
+    x, mask = da.inputs[:, 0], da.inputs[:, 1]
+    assert da.inputs.shape == (8, 2, sim.grid.n_points)
+    assert float(x.max()) == pytest.approx(1.0) and float(x.min()) >= 0.0
+    assert torch.all(x[mask == 0] == 0)
+    assert not torch.equal(a.draw().inputs, da.inputs)  # every draw is new
+    config = a.config()
+    assert any(t["name"] == "ImpurityPhase" and t["pool"] == "the library's references" for t in config["transforms"])
+
+
+def test_bundle_round_trip_and_errors(tiny_model, tmp_path):
+    model = IdentificationModel.load(tiny_model)
+    card = json.loads((tiny_model / "card.json").read_text())
+    assert card["kind"] == "identification-moe" and len(card["phases"]) == len(FEW)
+    assert {"unseen_polymorph_top1", "calibration_top1", "expected_calibration_error"} <= set(card["metrics"])
+    assert card["training"]["library"]["held_out_phases"], "a polymorph must be held out by structure"
+    assert not (tiny_model / "checkpoint.pt").exists()
+    x = torch.rand(4, 2, model.grid.n_points)
+    x[:, 1] = 1.0
+    p1, s1 = model.predict(x)
+    copy = tmp_path / "copy"
+    model.save(copy)
+    p2, s2 = IdentificationModel.load(copy).predict(x)
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)
+    np.testing.assert_allclose(p1.sum(1), 1.0, atol=1e-5)
+
+    (copy / "card.json").write_text("{not json")
+    with pytest.raises(ModelBundleError, match="card.json"):
+        IdentificationModel.load(copy)
+    model.save(copy)
+    (copy / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelBundleError, match="weights.safetensors"):
+        IdentificationModel.load(copy)
+    with pytest.raises(ModelBundleError, match="missing"):
+        IdentificationModel.load(tmp_path / "nowhere")
+    transition = Path(__file__).parents[1] / "xrd_nexus_ml" / "data" / "models" / "transition" / "end_to_end"
+    with pytest.raises(ModelBundleError, match="not an identification model"):
+        IdentificationModel.load(transition)
+
+
+def test_build_resumes_from_its_checkpoint(few_cifs, tmp_path):
+    library = load_cif_library(few_cifs)
+    config = BuildConfig(steps=12, batch_size=16, replay=0, calibration_patterns=32, checkpoint_every=6, workers=0)
+    out = tmp_path / "resumed"
+    build_model(library, out, config, progress=False)
+    history = json.loads((out / "card.json").read_text())["training"]["loss_history"]
+    assert history and history[-1][0] == 12
+    # a checkpoint of another recipe is not resumed from: the build starts over and still finishes
+    torch.save({"step": 6, "recipe": "other", "library_hash": "x"}, out / "checkpoint.pt")
+    build_model(library, out, config, progress=False)
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_reference_fit_recovers_strain_and_removes_the_phase(tiny_model):
+    identifier = Identifier.from_bundle(tiny_model)
+    model = identifier.model
+    phase = next(i for i, p in enumerate(model.phases) if p["formula"] == "MnO")
+    q, inten = model.sticks[phase]
+    grid = model.grid.values
+    pattern = _gaussian_sum(grid, q * 1.02, inten.astype(float), 0.01)  # a 2 % smaller cell: q × 1.02
+    pattern /= pattern.max()
+    mask = (grid > 0.7) & (grid < 5.0)
+    pattern *= mask
+    fit = identifier._fit(model.phases[phase]["class_id"], pattern, mask)
+    assert fit.phase == phase
+    assert fit.strain == pytest.approx(1 / 1.02 - 1, abs=0.002)
+    residual = np.clip(pattern - fit.pattern, 0, None)
+    assert (residual**2).sum() < 0.1 * (pattern**2).sum()
+
+
+def test_identify_flags_unusable_patterns_and_respects_elements(tiny_model):
+    identifier = Identifier.from_bundle(tiny_model)
+    grid = identifier.model.grid.values
+    good = read_pattern(SPECTRA / "MnO.xy", wavelength="CuKa")
+    results = identifier.identify([good, np.zeros(grid.size), np.full(grid.size, np.nan)], sources=["a", "b", "c"])
+    assert [r.flag for r in results] == [None, "zero", "nan"]
+    assert results[1].phases == () and results[2].phases == ()
+    assert results[0].seconds > 0
+    only_ti = identifier.identify([good], elements=["Ti", "O"])[0]
+    assert all(set(formula_elements(p.formula)) <= {"Ti", "O"} for p in only_ti.phases)
+    assert [c[0] for c in only_ti.candidates] == ["TiO2"]
+    with pytest.raises(LibraryError, match="Xx"):
+        identifier.identify([good], elements=["Xx"])
+    with pytest.raises(LibraryError, match="no phase"):
+        identifier.identify([good], elements=["Zr"])
+
+
+def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys):
+    files = [str(SPECTRA / "MnO.xy"), str(SPECTRA / "TiO2.xy")]
+    assert main(["classify", *files, "--model", str(tiny_model), "--wavelength", "CuKa", "--json",
+                 "--plot", str(tmp_path)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [Path(r["source"]).name for r in records] == ["MnO.xy", "TiO2.xy"]
+    for r in records:
+        assert {"phases", "out_of_library", "candidates", "seconds"} <= set(r)
+        assert Path(r["png"]).is_file() and Path(r["png"]).stat().st_size > 10_000
+    assert main(["classify", files[0], "--model", str(tmp_path / "missing")]) == 2
+    assert "neither a model bundle" in capsys.readouterr().err
+
+
+def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, capsys):
+    spectra = tmp_path / "spectra"
+    spectra.mkdir()
+    for name in ("MnO.xy", "TiO2.xy"):
+        shutil.copy(SPECTRA / name, spectra / name)
+    (spectra / "labels.csv").write_text("file,phases\nMnO.xy,MnO\nTiO2.xy,TiO2\n")
+    args = ["evaluate", "identify", "--references", str(few_cifs), "--patterns", str(spectra), "--labels",
+            str(spectra / "labels.csv"), "--steps", "10", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert {"n_patterns", "recall", "precision", "exact_match", "seconds_per_pattern", "build_seconds",
+            "device"} <= set(first)
+    assert first["n_patterns"] == 2 and not first["model_reused"]
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["model_reused"] and second["model"] == first["model"]
+
+
+def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
+    assert main(["bench", "infer", "--model", str(tiny_model), "--n", "16", "--batch-size", "8", "--single", "5",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"throughput_patterns_per_s", "latency_median_ms", "latency_p99_ms", "peak_rss_mb", "model_mb",
+            "device"} <= set(result)
+    assert result["throughput_patterns_per_s"] > 0 and result["latency_p99_ms"] >= result["latency_median_ms"] > 0
+    assert 0 < result["model_mb"] < 20 and result["end_to_end"]["latency_median_ms"] > 0

@@ -1,0 +1,250 @@
+"""Command-line verbs of phase identification: build a library model, classify files, evaluate.
+
+    xrd-nexus-ml library build CIF_DIR --out MODEL_DIR [--steps N] [--seed N]
+    xrd-nexus-ml classify FILE... [--model PATH_OR_NAME] [--elements Li,Mn,O] [--json] [--plot [DIR]]
+    xrd-nexus-ml evaluate identify --references CIF_DIR --patterns DIR [--labels CSV] [--json]
+
+Model names resolve to the bundles shipped in `xrd_nexus_ml/data/models/identification/`
+("default"); anything else is a bundle folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from xrd_nexus_ml.errors import ModelBundleError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "models" / "identification"
+NEXUS_SUFFIXES = (".nxs", ".h5", ".hdf5", ".nx5", ".hdf")
+
+
+def resolve_model(name_or_path: str | None) -> Path:
+    """A bundle folder for a shipped model name or a path; ModelBundleError naming both if neither."""
+    name_or_path = name_or_path or "default"
+    path = Path(name_or_path)
+    if (path / "card.json").is_file():
+        return path
+    shipped = SHIPPED / name_or_path
+    if (shipped / "card.json").is_file():
+        return shipped
+    known = sorted(p.name for p in SHIPPED.iterdir() if (p / "card.json").is_file()) if SHIPPED.is_dir() else []
+    raise ModelBundleError(f"{name_or_path}: neither a model bundle folder (card.json + weights.safetensors) nor a "
+                           f"shipped model name (shipped: {', '.join(known) or 'none'})")
+
+
+def parse_elements(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [e.strip() for e in text.split(",") if e.strip()]
+
+
+def cmd_library_build(args) -> int:
+    from training.identify import BuildConfig, build_model
+    from xrd_nexus_ml.identification.library import load_cif_library
+
+    library = load_cif_library(args.cif_dir)
+    config = BuildConfig(steps=args.steps, seed=args.seed)
+    model = build_model(library, args.out, config, progress=not args.json, resume=not args.no_resume)
+    summary = {"out": str(args.out), "n_phases": len(library), "n_classes": len(model.classes),
+               "n_experts": len(model.plan.elements), "duplicates_removed": library.duplicates,
+               "n_parameters": model.n_parameters, "metrics": model.metrics,
+               "seconds": model.training["seconds"]}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=float))
+    else:
+        print(f"{len(library)} phases, {len(model.classes)} classes, {len(model.plan.elements)} experts "
+              f"({', '.join(model.plan.elements)}); {model.n_parameters} parameters; "
+              f"{summary['seconds']['total']} s. Bundle: {args.out}")
+    return 0
+
+
+def cmd_train_identify(args) -> int:
+    """The shipped default: pymatgen's AFLOW prototypes + pyFAI's calibrants (`default_library`)."""
+    from training.identify import BuildConfig, build_model
+    from xrd_nexus_ml.identification.library import default_library
+
+    library = default_library()
+    model = build_model(library, args.out, BuildConfig(steps=args.steps, seed=args.seed), progress=not args.json,
+                        resume=not args.no_resume)
+    summary = {"out": str(args.out), "n_phases": len(library), "n_classes": len(model.classes),
+               "n_experts": len(model.plan.elements), "n_parameters": model.n_parameters, "metrics": model.metrics,
+               "seconds": model.training["seconds"]}
+    print(json.dumps(summary, indent=2, default=float) if args.json else
+          f"default model: {summary['n_phases']} phases, {summary['n_classes']} classes, {summary['n_experts']} "
+          f"experts, {summary['seconds']['total']} s -> {args.out}")
+    return 0
+
+
+def classify_patterns(files, model: str | None = None, elements=None, wavelength=None, max_phases: int = 3,
+                      plot_dir: str | None = None) -> list[dict]:
+    """Identify the phases of pattern files; one dict per file (see `Identification.to_dict`)."""
+    from xrd_nexus_ml.identification.identifier import Identifier
+    from xrd_nexus_ml.io import read_pattern
+
+    identifier = Identifier.from_bundle(resolve_model(model), max_phases=max_phases)
+    patterns = [read_pattern(f, wavelength=wavelength) for f in files]
+    results = identifier.identify(patterns, elements=elements, sources=[str(f) for f in files])
+    out = []
+    for pattern, result in zip(patterns, results):
+        record = result.to_dict()
+        if plot_dir is not None and result.flag is None:
+            from xrd_nexus_ml.plotting import plot_identification
+
+            record["png"] = str(plot_identification(pattern, result, identifier.model, Path(plot_dir)))
+        out.append(record)
+    return out
+
+
+def cmd_classify(args) -> int:
+    """Pattern files are identified; NeXus files get the phase-transition predictions appended."""
+    nexus = [f for f in args.files if Path(f).suffix.lower() in NEXUS_SUFFIXES]
+    patterns = [f for f in args.files if Path(f).suffix.lower() not in NEXUS_SUFFIXES]
+    status = 0
+    if nexus:
+        from nexus_definitions.classify import cmd_classify as classify_nexus
+
+        args.files = nexus
+        status = classify_nexus(args)
+    if not patterns:
+        return status
+    records = classify_patterns(patterns, args.model, parse_elements(args.elements), args.wavelength,
+                                args.max_phases, args.plot)
+    if args.json:
+        print(json.dumps(records, indent=2, default=float))
+        return status
+    for r in records:
+        if r["flag"]:
+            print(f"{r['source']}: not usable ({r['flag']})")
+            continue
+        phases = ", ".join(f"{p['formula']} ({p['space_group_symbol']}, p={p['probability']:.2f})"
+                           for p in r["phases"]) or "no phase"
+        unknown = "  [OUT OF LIBRARY: nearest " + ", ".join(c["formula"] for c in r["candidates"][:3]) + "]" \
+            if r["out_of_library"] else ""
+        print(f"{r['source']}: {phases}{unknown}  ({1000 * r['seconds']:.1f} ms)" +
+              (f"  -> {r['png']}" if r.get("png") else ""))
+    return status
+
+
+def _recipe_key(steps: int, seed: int) -> str:
+    return f"steps{steps}-seed{seed}"
+
+
+def cached_model_dir(library, cache_dir: Path, steps: int, seed: int) -> Path:
+    """Where the model of `library` (by content hash) and recipe lives in `cache_dir`."""
+    digest = hashlib.sha256(f"{library.content_hash()}|{_recipe_key(steps, seed)}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"identify-{digest}"
+
+
+def evaluate_identify(references, patterns, labels=None, wavelength=None, steps: int = 1500, seed: int = 0,
+                      cache_dir=None, elements=None, max_phases: int = 3, progress: bool = False) -> dict:
+    """Build (or reuse) a model for the reference CIFs, identify every pattern, score it (formula level)."""
+    import torch
+
+    from training.identify import BuildConfig, build_model
+    from xrd_nexus_ml.identification.identifier import Identifier
+    from xrd_nexus_ml.identification.library import load_cif_library
+    from xrd_nexus_ml.identification.model import IdentificationModel
+    from xrd_nexus_ml.identification.truth import pattern_files, read_truth, score
+    from xrd_nexus_ml.io import read_pattern
+
+    library = load_cif_library(references)
+    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "xrd-nexus-ml"
+    folder = cached_model_dir(library, cache_dir, steps, seed)
+    started = time.perf_counter()
+    reused = (folder / "card.json").is_file()
+    if reused:
+        model = IdentificationModel.load(folder)
+    else:
+        model = build_model(library, folder, BuildConfig(steps=steps, seed=seed), progress=progress)
+    build_seconds = time.perf_counter() - started
+    truth = read_truth(patterns, labels, known=library.classes)
+    files = [f for f in pattern_files(patterns, exclude=[labels] if labels else []) if f.name in truth]
+    loaded = [read_pattern(f, wavelength=wavelength) for f in files]
+    identifier = Identifier(model, max_phases=max_phases)
+    identifier.identify(loaded[:1], elements=elements)  # warm-up: first call pays for lazy imports
+    t0 = time.perf_counter()
+    results = identifier.identify(loaded, elements=elements, sources=[f.name for f in files])
+    seconds = time.perf_counter() - t0
+    scores = score({r.source: r.formulas for r in results}, truth)
+    per_pattern = []
+    for r in results:
+        per_pattern.append({"file": r.source, "truth": sorted(truth[r.source]), "predicted": list(r.formulas),
+                            "out_of_library": r.out_of_library,
+                            "phases": [{"formula": p.formula, "reference": p.reference,
+                                        "probability": p.probability, "explained": p.explained}
+                                       for p in r.phases]})
+    by_file = {s.file: s for s in scores["patterns"]}
+    for entry in per_pattern:
+        s = by_file[entry["file"]]
+        entry.update({"recall": s.recall, "precision": s.precision, "exact": s.exact})
+    return {"n_patterns": len(results), "recall": scores["recall"], "precision": scores["precision"],
+            "exact_match": scores["exact_match"], "seconds_per_pattern": seconds / max(len(results), 1),
+            "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
+            "device": f"cpu ({torch.get_num_threads()} threads)", "n_references": len(library),
+            "n_classes": len(library.classes), "patterns": per_pattern}
+
+
+def cmd_evaluate_identify(args) -> int:
+    result = evaluate_identify(args.references, args.patterns, args.labels, args.wavelength, args.steps, args.seed,
+                               args.cache_dir, parse_elements(args.elements), args.max_phases,
+                               progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    for p in result["patterns"]:
+        print(f"{p['file']:<28} truth {'+'.join(p['truth']):<24} found {'+'.join(p['predicted']) or '-':<24} "
+              f"recall {p['recall']:.2f} precision {p['precision']:.2f}")
+    print(f"recall {result['recall']:.3f}, precision {result['precision']:.3f}, exact {result['exact_match']:.3f}; "
+          f"{1000 * result['seconds_per_pattern']:.1f} ms/pattern; build {result['build_seconds']} s "
+          f"({'reused' if result['model_reused'] else 'trained'}) on {result['device']}")
+    return 0
+
+
+def add_parsers(sub, evaluate, bench, train) -> None:
+    """Register `library build` under `sub`, and `identify` under the `evaluate` and `train`
+    subcommands and `infer` under `bench`."""
+    t = train.add_parser("identify", help="the shipped default identification model (AFLOW prototypes + calibrants)")
+    t.add_argument("--out", default=str(SHIPPED / "default"), help="bundle folder (default: the package's own)")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train_identify)
+
+    p = sub.add_parser("library", help="build identification models for a library of reference CIFs")
+    lib = p.add_subparsers(dest="library_command", required=True, metavar="WHAT")
+    b = lib.add_parser("build", help="simulate, augment and train a mixture-of-experts model for every CIF in a folder")
+    b.add_argument("cif_dir")
+    b.add_argument("--out", required=True, help="model bundle folder (also holds checkpoint.pt while training)")
+    b.add_argument("--steps", type=int, default=1500)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint is there")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_library_build)
+
+    from xrd_nexus_ml.identification.bench import cmd_bench_infer
+
+    b = bench.add_parser("infer", help="identification model latency and throughput (network and end to end)")
+    b.add_argument("--model", default=None, help="bundle folder or shipped name (default: 'default')")
+    b.add_argument("--n", type=int, default=512)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--single", type=int, default=200, help="one-pattern calls timed for the latency figures")
+    b.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    b.add_argument("--json", action="store_true", help="(always JSON)")
+    b.set_defaults(func=cmd_bench_infer)
+
+    e = evaluate.add_parser("identify", help="build/reuse a model for reference CIFs and score measured patterns")
+    e.add_argument("--references", required=True, help="folder of reference CIFs")
+    e.add_argument("--patterns", required=True, help="folder of measured patterns")
+    e.add_argument("--labels", default=None, help="CSV file,phases (phases joined by '+'); default: file names")
+    e.add_argument("--wavelength", default="CuKa", help="Å or anode name for two-column 2θ files (default CuKa)")
+    e.add_argument("--elements", default=None, help="comma-separated elements that may be present")
+    e.add_argument("--max-phases", type=int, default=3)
+    e.add_argument("--steps", type=int, default=1500)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--cache-dir", default=None, help="where built models are kept (default ~/.cache/xrd-nexus-ml)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate_identify)
