@@ -226,6 +226,9 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     b.set_defaults(func=cmd_library_build)
 
     from xrd_nexus_ml.identification.bench import cmd_bench_infer
+    from xrd_nexus_ml.identification.scaling import add_scaling_parser
+
+    add_scaling_parser(evaluate)
 
     b = bench.add_parser("infer", help="identification model latency and throughput (network and end to end)")
     b.add_argument("--model", default=None, help="bundle folder or shipped name (default: 'default')")

@@ -1,0 +1,590 @@
+"""How identification accuracy scales with the number of classes: flat vs hierarchical vs MoE.
+
+    xrd-nexus-ml evaluate scaling [--sizes 100,1000,10000] [--steps N] [--batch-size B] [--device cuda]
+
+A real reference library has a few hundred compositions at most, too few to see how the
+models behave at 10^3-10^5 classes. `substituted_library` makes a library of that size from
+pymatgen's 288 AFLOW prototypes by element substitution: every element of a prototype is
+replaced by a chemically similar one (same family of the periodic table, see `FAMILIES`), so
+the structure type is kept, the cell is rescaled by the change of atomic radii, and every
+phase is a composition no earlier phase had (one phase per class).
+
+`evaluate_scaling` then trains three models on the same stream of augmented patterns with the
+same optimiser, schedule and step budget, and measures top-1/top-5 on fresh draws of every
+class (their own stream seed, never trained on):
+
+* flat: one RegNet1D and a softmax layer over all classes (`FlatClassifier`), cross-entropy;
+* hierarchical: one `HierarchicalExpert` over all classes (AdaCos coarse head on the structure
+  type, CosFace fine head on the composition);
+* moe: the mixture of element experts of `build_moe` on `PhaseLibrary.experts()`, trained with
+  its teacher-routed `training_loss` as in `training/identify.py`.
+
+The two single models use the encoder of one routed path through the mixture (the trunk's
+stages followed by an expert's stage, with the experts' position-binned summary), so the three
+differ in their heads and routing, not in depth or in what the encoder may see.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pymatgen.core import Composition, Element, Structure
+from torch import nn
+
+from xrd_nexus_ml.identification.library import (
+    LibraryError,
+    PhaseLibrary,
+    ReferencePhase,
+    canonical_formula,
+)
+
+# -- a large library by element substitution ----------------------------------------------------
+
+#: Substitution families: an element is only ever replaced by a member of its own family, so a
+#: cation stays a cation of similar valence and an anion an anion (a rock-salt oxide stays a
+#: rock-salt oxide or chalcogenide). Families follow the groups of the periodic table, with the
+#: transition metals split into early (groups 3-6) and late (7-12) and the lanthanides joined by
+#: Th and U. Only common, stable elements are used; all have X-ray form factors in pymatgen's
+#: table (`physics.form_factors`). H maps only onto itself (a hydride stays a hydride).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "hydrogen": ("H",),
+    "alkali": ("Li", "Na", "K", "Rb", "Cs"),
+    "alkaline_earth": ("Be", "Mg", "Ca", "Sr", "Ba"),
+    "early_transition": ("Sc", "Ti", "V", "Cr", "Y", "Zr", "Nb", "Mo", "Hf", "Ta", "W"),
+    "late_transition": ("Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ru", "Rh", "Pd", "Ag", "Cd", "Re", "Os", "Ir",
+                        "Pt", "Au", "Hg"),
+    "rare_earth": ("La", "Ce", "Pr", "Nd", "Sm", "Gd", "Dy", "Ho", "Er", "Yb", "Lu", "Th", "U"),
+    "triel": ("B", "Al", "Ga", "In", "Tl"),
+    "tetrel": ("C", "Si", "Ge", "Sn", "Pb"),
+    "pnictogen": ("N", "P", "As", "Sb", "Bi"),
+    "chalcogen": ("O", "S", "Se", "Te"),
+    "halogen": ("F", "Cl", "Br", "I"),
+}
+
+#: Every element a substituted library may contain.
+SUBSTITUTION_POOL: tuple[str, ...] = tuple(sorted({e for members in FAMILIES.values() for e in members}))
+
+_FAMILY_OF = {e: name for name, members in FAMILIES.items() for e in members}
+
+#: Draws per prototype and round before the prototype counts as exhausted (every draw gave a
+#: composition the library already had).
+_TRIES = 24
+
+
+def substitution_family(symbol: str) -> str:
+    """The family (key of FAMILIES) whose members may replace `symbol`.
+
+    Prototype elements outside the pool (Po, Np, Pu, Pa, Cf, noble gases) join the family of
+    their lanthanide/actinide block or of the nearest pool element of their group."""
+    if symbol in _FAMILY_OF:
+        return _FAMILY_OF[symbol]
+    el = Element(symbol)
+    if el.is_lanthanoid or el.is_actinoid:
+        return "rare_earth"
+    same_group = [Element(e) for e in SUBSTITUTION_POOL if Element(e).group == el.group]
+    if not same_group:
+        raise LibraryError(f"no substitution family for {symbol} (group {el.group})")
+    return _FAMILY_OF[min(same_group, key=lambda e: (abs(e.row - el.row), e.Z)).symbol]
+
+
+def _radius(symbol: str) -> float | None:
+    r = Element(symbol).atomic_radius
+    return None if r is None else float(r)
+
+
+@dataclass
+class _Prototype:
+    """One AFLOW prototype, prepared once: its elements by family, sites per element, space group."""
+
+    label: str
+    structure: Structure
+    families: dict[str, list[str]]  # family -> the prototype's elements in it, sorted
+    site_counts: dict[str, int]
+    composition: dict[str, float]
+    space_group: tuple[int, str] | None = None
+
+
+def _prepare(label: str, structure: Structure) -> _Prototype | None:
+    """The prototype ready for substitution; None for one that cannot be substituted."""
+    s = structure.copy()
+    if any(getattr(sp, "oxi_state", None) for site in s for sp in site.species):
+        s.remove_oxidation_states()
+    if not s.is_ordered:  # a partial occupancy would make compositions collide unpredictably
+        return None
+    counts: dict[str, int] = {}
+    for site in s:
+        symbol = str(site.specie)
+        counts[symbol] = counts.get(symbol, 0) + 1
+    families: dict[str, list[str]] = {}
+    for symbol in sorted(counts):
+        families.setdefault(substitution_family(symbol), []).append(symbol)
+    if any(len(members) > len(FAMILIES[f]) for f, members in families.items()):
+        return None
+    composition = {str(k): float(v) for k, v in s.composition.element_composition.items()}
+    return _Prototype(label, s, families, counts, composition)
+
+
+def _draw_mapping(proto: _Prototype, rng: np.random.Generator) -> dict[str, str]:
+    """old -> new element, one distinct new element per old one (an injective map keeps the
+    symmetry: no two sites that differed become alike). The original element may be drawn."""
+    mapping: dict[str, str] = {}
+    for family, olds in proto.families.items():
+        pool = FAMILIES[family]
+        picks = rng.choice(len(pool), size=len(olds), replace=False)
+        for old, i in zip(olds, picks):
+            mapping[old] = pool[int(i)]
+    return mapping
+
+
+def _substitute(proto: _Prototype, mapping: dict[str, str], scale_volume: bool) -> Structure:
+    """The prototype with `mapping` applied, its cell scaled isotropically by the site-summed
+    change of atomic radius (cubed for the volume) so neighbours stay roughly in contact."""
+    s = proto.structure.copy()
+    s.replace_species({Element(old): Element(new) for old, new in mapping.items()})
+    if scale_volume:
+        old_r = new_r = 0.0
+        for old, n in proto.site_counts.items():
+            r_old, r_new = _radius(old), _radius(mapping[old])
+            if r_old is None or r_new is None:  # no radius known: that site counts as unchanged
+                r_old = r_new = 1.0
+            old_r += n * r_old
+            new_r += n * r_new
+        if old_r > 0 and new_r > 0:
+            s.scale_lattice(s.volume * (new_r / old_r) ** 3)
+    return s
+
+
+def substituted_library(n_classes: int, seed: int = 0, scale_volume: bool = True) -> PhaseLibrary:
+    """`n_classes` phases of distinct compositions, by element substitution on the AFLOW prototypes.
+
+    Prototypes are visited round-robin (a new seeded order each round), so structure types stay
+    balanced; each visit draws substitutions (see FAMILIES) until one gives a composition
+    (`canonical_formula`) that no phase has yet. Phase names are 'sub:<AFLOW label>:<formula>',
+    sources 'aflow:<label>' (the structure type, used as coarse label by `evaluate_scaling`).
+    The space group is the prototype's (an injective substitution keeps it), found once per
+    prototype, which keeps 10^4 phases to seconds. Deterministic for a seed, and a smaller
+    library is a prefix of a larger one with the same seed. LibraryError when the prototypes run
+    out of new compositions before `n_classes`.
+    """
+    from xrd_nexus_ml.references import aflow_prototypes
+
+    if n_classes < 1:
+        raise LibraryError(f"n_classes must be positive, got {n_classes}")
+    rng = np.random.default_rng(seed)
+    protos = [p for p in (_prepare(label, s) for label, s in aflow_prototypes()) if p is not None]
+    seen: set[str] = set()
+    phases: list[ReferencePhase] = []
+    live = list(range(len(protos)))
+    while len(phases) < n_classes and live:
+        exhausted = []
+        for i in rng.permutation(live):
+            if len(phases) >= n_classes:
+                break
+            proto = protos[int(i)]
+            for _ in range(_TRIES):
+                mapping = _draw_mapping(proto, rng)
+                composition = Composition({mapping[e]: a for e, a in proto.composition.items()})
+                formula = canonical_formula(composition)
+                if formula not in seen:
+                    break
+            else:
+                exhausted.append(int(i))
+                continue
+            seen.add(formula)
+            structure = _substitute(proto, mapping, scale_volume)
+            if proto.space_group is None:
+                ref = ReferencePhase.from_structure(proto.label, proto.structure, f"aflow:{proto.label}")
+                proto.space_group = (ref.space_group_number, ref.space_group_symbol)
+            elements = tuple(sorted(set(mapping.values())))
+            phases.append(ReferencePhase(name=f"sub:{proto.label}:{formula}", formula=formula,
+                                         space_group_number=proto.space_group[0],
+                                         space_group_symbol=proto.space_group[1], elements=elements,
+                                         source=f"aflow:{proto.label}", structure=structure))
+        gone = set(exhausted)
+        live = [i for i in live if i not in gone]
+    if len(phases) < n_classes:
+        raise LibraryError(f"the AFLOW prototypes gave only {len(phases)} distinct compositions by substitution "
+                           f"(asked for {n_classes})")
+    return PhaseLibrary(phases)
+
+
+def structure_types(library: PhaseLibrary) -> tuple[np.ndarray, list[str]]:
+    """(coarse id of each class, coarse names): the structure type (phase source) of each class.
+
+    In a substituted library every class is its own composition and nearly every chemical system
+    holds one class, so the chemical system would repeat the fine label; the structure type is
+    the level above it that a pattern's peak sequence does tell."""
+    classes = library.classes
+    by_class = {p.formula: p.source for p in library.phases}  # one phase per class here
+    names = sorted(set(by_class.values()))
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[by_class[c]] for c in classes], dtype=np.int64), names
+
+
+# -- the three models ---------------------------------------------------------------------------
+
+
+@dataclass
+class ScalingModels:
+    """Architecture of the three models (defaults: those of `training/identify.py`'s BuildConfig)."""
+
+    trunk: Any = None  # RegNetConfig; None: default_trunk_config()
+    expert: Any = None  # RegNetConfig; None: default_expert_config()
+    embedding_dim: int = 64
+    k: int = 2
+    gate_bins: int = 8
+    expert_bins: int = 16
+    expert_bin_channels: int = 8
+
+    def resolved(self) -> ScalingModels:
+        from xrd_nexus_ml.models import default_expert_config, default_trunk_config
+
+        return replace(self, trunk=self.trunk or default_trunk_config(), expert=self.expert or default_expert_config())
+
+    def single_encoder(self):
+        """RegNet config of one routed path: the trunk's stem and stages, then the expert's stages."""
+        from xrd_nexus_ml.models import RegNetConfig
+
+        t, e = self.trunk, self.expert
+        return RegNetConfig(in_channels=t.in_channels, stem_width=t.stem_width, stem_kernel=t.stem_kernel,
+                            stem_stride=t.stem_stride, widths=t.widths + e.widths, depths=t.depths + e.depths,
+                            group_width=t.group_width, bottleneck_ratio=t.bottleneck_ratio, se_ratio=t.se_ratio,
+                            kernel_size=t.kernel_size, position_channels=t.position_channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trunk": self.trunk.to_dict(), "expert": self.expert.to_dict(), "embedding_dim": self.embedding_dim,
+                "k": self.k, "gate_bins": self.gate_bins, "expert_bins": self.expert_bins,
+                "expert_bin_channels": self.expert_bin_channels}
+
+
+def _encoder(models: ScalingModels) -> nn.Module:
+    """The single models' encoder: one routed path, pooled like the experts (position bins)."""
+    from xrd_nexus_ml.models import BinnedEncoder, RegNet1D
+
+    body = RegNet1D(models.single_encoder())
+    return BinnedEncoder(body, models.expert_bin_channels, models.expert_bins) if models.expert_bins > 1 else body
+
+
+class _Arm:
+    """One model under test: how it is built, trained on a batch and asked for class scores."""
+
+    name = ""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_classes) scores whose order ranks the classes."""
+        raise NotImplementedError
+
+
+class _Flat(_Arm):
+    name = "flat"
+
+    def __init__(self, models: ScalingModels, n_classes: int) -> None:
+        from xrd_nexus_ml.models import FlatClassifier
+
+        network = FlatClassifier(models.single_encoder(), n_classes)
+        network.encoder = _encoder(models)  # same encoder and summary as the hierarchical expert
+        network.head = nn.Linear(network.encoder.out_width, n_classes)
+        super().__init__(network)
+
+    def loss(self, x, y):
+        return F.cross_entropy(self.network(x), y)
+
+    def scores(self, x):
+        return self.network(x)
+
+
+class _Hierarchical(_Arm):
+    name = "hierarchical"
+
+    def __init__(self, models: ScalingModels, n_classes: int, coarse: np.ndarray) -> None:
+        from xrd_nexus_ml.models import HierarchicalExpert
+
+        encoder = _encoder(models)
+        super().__init__(HierarchicalExpert(encoder, encoder.out_width, models.embedding_dim,
+                                            int(coarse.max()) + 1, n_classes))
+        self.coarse_of_class = torch.as_tensor(coarse, dtype=torch.long)
+
+    def to(self, device) -> None:
+        self.coarse_of_class = self.coarse_of_class.to(device)
+
+    def loss(self, x, y):
+        return self.network.loss(self.network(x), self.coarse_of_class[y], y)
+
+    def scores(self, x):
+        return self.network(x).fine_cosine
+
+
+class _MoE(_Arm):
+    name = "moe"
+
+    def __init__(self, models: ScalingModels, library: PhaseLibrary) -> None:
+        from xrd_nexus_ml.models import build_moe
+
+        plan = library.experts()
+        self.n_experts = len(plan.elements)
+        super().__init__(build_moe(plan.expert_classes, plan.expert_coarse, len(library.classes), models.trunk,
+                                   models.expert, models.embedding_dim, min(models.k, len(plan.elements)),
+                                   gate_bins=models.gate_bins, expert_bins=models.expert_bins,
+                                   expert_bin_channels=models.expert_bin_channels))
+
+    def loss(self, x, y):
+        coarse, experts = self.network.routing_targets(y)
+        return self.network.training_loss(x, y, coarse, experts)[0]
+
+    def scores(self, x):
+        return self.network(x).probs
+
+
+# -- the measurement ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """Running top-1/top-5 hits and forward time of one model on the test draws."""
+
+    top1: int = 0
+    top5: int = 0
+    n: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _hardware(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on, for the README."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over 5 % of the steps, then cosine to zero (as `training/identify.py`)."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
+def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int = 0, device: str = "cpu",
+                  test_patterns: int = 2048, models: ScalingModels | None = None, lr: float = 3e-3,
+                  weight_decay: float = 1e-4, impurity_pool_size: int = 512,
+                  eval_batch_size: int = 128) -> dict[str, Any]:
+    """Train flat, hierarchical and MoE on the same augmented stream of `library`; test on fresh draws.
+
+    Every training batch is drawn once and given to all three models in turn (same patterns,
+    same order), each with AdamW + warm-up/cosine and gradient clipping at 5. `train_seconds`
+    is a model's own forward/backward/step time; drawing the patterns, shared, is reported once
+    as `simulation_seconds`. The test covers every phase (= class in a substituted library)
+    equally often, at least once (`test_patterns` rounded up to a multiple of the phase count),
+    from a stream of its own seed.
+    The impurity pool (second phases in 40 % of patterns) is a seeded subset of at most
+    `impurity_pool_size` references: the whole library's padded peaks would not fit in memory
+    at 10^4 classes and more."""
+    from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
+    from xrd_nexus_ml.physics import PowderSimulator
+
+    models = (models or ScalingModels()).resolved()
+    dev = torch.device(device)
+    started = time.perf_counter()
+    simulator = PowderSimulator(device="cpu")
+    cache = PeakCache.build([p.structure for p in library.phases], simulator)
+    cache_seconds = time.perf_counter() - started
+    phase_class = library.phase_classes
+    n_classes = len(library.classes)
+    coarse, coarse_names = structure_types(library)
+    rng = np.random.default_rng(seed + 31)
+    pool_refs = np.sort(rng.choice(len(cache), size=min(impurity_pool_size, len(cache)), replace=False))
+    pool = cache.peaks(pool_refs.tolist()) if len(cache) > 1 else None
+
+    arms: list[_Arm] = []
+    for build in (lambda: _Flat(models, n_classes), lambda: _Hierarchical(models, n_classes, coarse),
+                  lambda: _MoE(models, library)):
+        torch.manual_seed(seed)  # each model's initialisation is seeded
+        arm = build()
+        arm.network.to(dev).train()
+        if isinstance(arm, _Hierarchical):
+            arm.to(dev)
+        arms.append(arm)
+    optimizers = [torch.optim.AdamW(a.network.parameters(), lr=lr, weight_decay=weight_decay) for a in arms]
+    schedules = [_schedule(o, steps) for o in optimizers]
+    train_seconds = [0.0] * len(arms)
+    losses: list[list[float]] = [[] for _ in arms]
+
+    stream = ReferenceStream(cache, simulator, np.arange(len(cache)), batch_size, seed * 1_000_003 + 1,
+                             identification_pipeline(pool))
+    simulation_seconds = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        draw = stream.draw()
+        x = draw.inputs.to(dev, non_blocking=True)
+        y = torch.as_tensor(phase_class[draw.reference], dtype=torch.long, device=dev)
+        simulation_seconds += time.perf_counter() - t0
+        for i, (arm, opt, sched) in enumerate(zip(arms, optimizers, schedules)):
+            t0 = time.perf_counter()
+            loss = arm.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(arm.network.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            _sync(dev)
+            train_seconds[i] += time.perf_counter() - t0
+            losses[i].append(float(loss.detach()))
+
+    n_test = len(cache) * max(1, math.ceil(test_patterns / len(cache)))
+    refs = np.resize(rng.permutation(len(cache)), n_test)
+    test_stream = ReferenceStream(cache, simulator, np.arange(len(cache)), eval_batch_size, seed + 104729,
+                                  identification_pipeline(pool))
+    tallies = [_Tally() for _ in arms]
+    k5 = min(5, n_classes)
+    for arm in arms:
+        arm.network.eval()
+    with torch.inference_mode():
+        warm = test_stream.draw(refs[:min(8, n_test)]).inputs.to(dev)
+        for arm in arms:  # first calls pay for lazy set-up (folded batch norms, kernels)
+            arm.scores(warm)
+        for start in range(0, n_test, eval_batch_size):
+            draw = test_stream.draw(refs[start:start + eval_batch_size])
+            x = draw.inputs.to(dev)
+            truth = torch.as_tensor(phase_class[draw.reference], dtype=torch.long, device=dev)
+            for arm, tally in zip(arms, tallies):
+                _sync(dev)
+                t0 = time.perf_counter()
+                scores = arm.scores(x)
+                _sync(dev)
+                tally.seconds += time.perf_counter() - t0
+                top = scores.topk(k5, dim=1).indices
+                tally.top1 += int((top[:, 0] == truth).sum())
+                tally.top5 += int((top == truth.unsqueeze(1)).any(dim=1).sum())
+                tally.n += len(truth)
+
+    results = []
+    tail = max(1, steps // 10)
+    for i, (arm, tally) in enumerate(zip(arms, tallies)):
+        row = {"n_classes": n_classes, "model": arm.name, "top1": tally.top1 / tally.n, "top5": tally.top5 / tally.n,
+               "train_seconds": round(train_seconds[i], 2), "ms_per_pattern": 1000.0 * tally.seconds / tally.n,
+               "n_parameters": int(sum(p.numel() for p in arm.network.parameters())),
+               "final_loss": float(np.mean(losses[i][-tail:])) if losses[i] else None,
+               "n_test_patterns": tally.n}
+        if isinstance(arm, _MoE):
+            row["n_experts"] = arm.n_experts
+        if isinstance(arm, _Hierarchical):
+            row["n_coarse"] = len(coarse_names)
+        results.append(row)
+    return {"n_classes": n_classes, "results": results, "peak_cache_seconds": round(cache_seconds, 2),
+            "simulation_seconds": round(simulation_seconds, 2), "n_structure_types": len(coarse_names),
+            "models": models.to_dict()}
+
+
+def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int = 1500, batch_size: int = 64,
+                     seed: int = 0, device: str = "cpu", test_patterns: int = 2048,
+                     models: ScalingModels | None = None, progress: bool = False) -> dict[str, Any]:
+    """Top-1/top-5, training time, inference time and size of flat, hierarchical and MoE models
+    for each number of classes in `sizes`, each on `substituted_library(size, seed)` with the
+    same budget of `steps` × `batch_size` augmented patterns (see `evaluate_size`)."""
+    dev = torch.device(device)
+    out: dict[str, Any] = {"device": str(dev), "hardware": _hardware(dev), "sizes": [int(s) for s in sizes],
+                           "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
+                           "test_patterns": int(test_patterns), "results": [], "libraries": []}
+    for size in sizes:
+        t0 = time.perf_counter()
+        library = substituted_library(int(size), seed)
+        library_seconds = time.perf_counter() - t0
+        if progress:
+            print(f"{size} classes: library in {library_seconds:.1f} s; training ...", flush=True)
+        report = evaluate_size(library, steps, batch_size, seed, device, test_patterns, models)
+        out["results"].extend(report.pop("results"))
+        out["models"] = report.pop("models")
+        out["libraries"].append({**report, "library_seconds": round(library_seconds, 2)})
+    return out
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    import argparse
+
+    try:
+        sizes = [int(float(t)) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated class counts, got {text!r}") from None
+    if not sizes or any(s < 2 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--sizes wants class counts of at least 2, got {text!r}")
+    return sizes
+
+
+def add_scaling_parser(evaluate_subparsers) -> None:
+    """Register `evaluate scaling` on the `evaluate` sub-parsers of the CLI."""
+    e = evaluate_subparsers.add_parser("scaling", help="top-1 vs number of classes: flat, hierarchical and MoE "
+                                                       "on element-substituted AFLOW prototypes")
+    e.add_argument("--sizes", type=_sizes, default=[100, 1000, 10000],
+                   help="comma-separated class counts (default 100,1000,10000; 1e5 too on a GPU)")
+    e.add_argument("--steps", type=int, default=1500, help="training steps per model (same for all three)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--test-patterns", type=int, default=2048,
+                   help="fresh test patterns per size (at least one per class)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (patterns are simulated on the CPU)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate_scaling)
+
+
+def cmd_evaluate_scaling(args) -> int:
+    """The CLI command (`xrd-nexus-ml evaluate scaling`): JSON with --json, else a table."""
+    import json
+
+    result = evaluate_scaling(sizes=args.sizes, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              device=args.device, test_patterns=getattr(args, "test_patterns", 2048),
+                              progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    hw = result["hardware"]
+    print(f"{result['steps']} steps x {result['batch_size']} patterns per model on {result['device']} "
+          f"({hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} torch threads)")
+    print(f"{'classes':>8} {'model':<13} {'top1':>6} {'top5':>6} {'train s':>8} {'ms/pattern':>10} {'parameters':>11}")
+    for r in result["results"]:
+        print(f"{r['n_classes']:>8} {r['model']:<13} {r['top1']:>6.3f} {r['top5']:>6.3f} {r['train_seconds']:>8.1f} "
+              f"{r['ms_per_pattern']:>10.3f} {r['n_parameters']:>11}")
+    return 0
+
+
+__all__ = [
+    "FAMILIES",
+    "SUBSTITUTION_POOL",
+    "ScalingModels",
+    "add_scaling_parser",
+    "cmd_evaluate_scaling",
+    "evaluate_scaling",
+    "evaluate_size",
+    "structure_types",
+    "substituted_library",
+    "substitution_family",
+]
