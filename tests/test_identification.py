@@ -189,9 +189,15 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     assert {"n_patterns", "recall", "precision", "exact_match", "seconds_per_pattern", "build_seconds",
             "device"} <= set(first)
     assert first["n_patterns"] == 2 and not first["model_reused"]
-    assert main(args) == 0
+    assert first["open_set"] is None
+    llzo = Path(__file__).parent / "data" / "autoanalyzer" / "li-la-zr-o" / "References"
+    assert main([*args, "--unknown", str(llzo)]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["model_reused"] and second["model"] == first["model"]
+    inside, foreign = second["open_set"]["in_library"], second["open_set"]["foreign"]
+    assert inside["n_patterns"] == len(FEW) and 0 <= inside["top1"] <= 1
+    assert foreign["n_patterns"] == 28  # every Li-La-Zr-O phase: none of their compositions is among the six
+    assert 0 <= foreign["out_of_library_rate"] <= 1
 
 
 def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import numpy as np
 import time
 from pathlib import Path
 
@@ -138,9 +140,44 @@ def cached_model_dir(library, cache_dir: Path, steps: int, seed: int) -> Path:
     return Path(cache_dir) / f"identify-{digest}"
 
 
+def open_set_check(identifier, library, unknown_dir, seed: int = 0) -> dict:
+    """Simulated patterns (Debye-Waller, crystallite size 20-100 nm, background, Poisson noise)
+    of the library's own references and of the phases in `unknown_dir` whose composition the
+    library lacks: how often each is called out of library, and top-1 on the known ones."""
+    from xrd_nexus_ml.identification.library import load_cif_library
+    from xrd_nexus_ml.physics import PowderSimulator
+    from xrd_nexus_ml.physics.augment import Background, Compose, CrystalliteSize, PoissonNoise, RandomDebyeWaller
+
+    known = set(library.classes)
+    foreign = [p for p in load_cif_library(unknown_dir).phases if p.formula not in known]
+    sim = PowderSimulator(wavelength="CuKa1", device="cpu")
+    noise = Compose((RandomDebyeWaller(), CrystalliteSize(size_nm=(20.0, 100.0)), Background(),
+                     PoissonNoise(max_counts=(1e3, 1e4))))
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, phases in (("in_library", library.phases), ("foreign", foreign)):
+        if not phases:
+            out[name] = {"n_patterns": 0}
+            continue
+        patterns = sim.simulate([p.structure for p in phases], augment=noise, generator=generator).numpy()
+        results = identifier.identify(list(patterns), sources=[p.name for p in phases])
+        flagged = [r.out_of_library for r in results]
+        out[name] = {"n_patterns": len(phases), "out_of_library_rate": float(np.mean(flagged))}
+        if name == "in_library":
+            out[name]["top1"] = float(np.mean([bool(r.phases) and r.phases[0].formula == p.formula
+                                               for r, p in zip(results, phases)]))
+        else:
+            out[name]["named_a_phase"] = [p.name for p, r in zip(phases, results) if r.phases]
+    return out
+
+
 def evaluate_identify(references, patterns, labels=None, wavelength=None, steps: int = 1500, seed: int = 0,
-                      cache_dir=None, elements=None, max_phases: int = 3, progress: bool = False) -> dict:
-    """Build (or reuse) a model for the reference CIFs, identify every pattern, score it (formula level)."""
+                      cache_dir=None, elements=None, max_phases: int = 3, progress: bool = False,
+                      unknown=None) -> dict:
+    """Build (or reuse) a model for the reference CIFs, identify every pattern, score it (formula level);
+    with `unknown` (a CIF folder), also the open-set check (`open_set_check`)."""
     import torch
 
     from training.identify import BuildConfig, build_model
@@ -180,17 +217,18 @@ def evaluate_identify(references, patterns, labels=None, wavelength=None, steps:
     for entry in per_pattern:
         s = by_file[entry["file"]]
         entry.update({"recall": s.recall, "precision": s.precision, "exact": s.exact})
+    open_set = open_set_check(identifier, library, unknown, seed) if unknown else None
     return {"n_patterns": len(results), "recall": scores["recall"], "precision": scores["precision"],
             "exact_match": scores["exact_match"], "seconds_per_pattern": seconds / max(len(results), 1),
             "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
             "device": f"cpu ({torch.get_num_threads()} threads)", "n_references": len(library),
-            "n_classes": len(library.classes), "patterns": per_pattern}
+            "n_classes": len(library.classes), "patterns": per_pattern, "open_set": open_set}
 
 
 def cmd_evaluate_identify(args) -> int:
     result = evaluate_identify(args.references, args.patterns, args.labels, args.wavelength, args.steps, args.seed,
                                args.cache_dir, parse_elements(args.elements), args.max_phases,
-                               progress=not args.json)
+                               progress=not args.json, unknown=args.unknown)
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return 0
@@ -200,6 +238,11 @@ def cmd_evaluate_identify(args) -> int:
     print(f"recall {result['recall']:.3f}, precision {result['precision']:.3f}, exact {result['exact_match']:.3f}; "
           f"{1000 * result['seconds_per_pattern']:.1f} ms/pattern; build {result['build_seconds']} s "
           f"({'reused' if result['model_reused'] else 'trained'}) on {result['device']}")
+    if result["open_set"]:
+        inside, foreign = result["open_set"]["in_library"], result["open_set"]["foreign"]
+        print(f"open set (simulated): {inside['n_patterns']} library phases top-1 {inside['top1']:.2f}, called out "
+              f"of library {inside['out_of_library_rate']:.2f}; {foreign['n_patterns']} foreign phases called out of "
+              f"library {foreign.get('out_of_library_rate', float('nan')):.2f}")
     return 0
 
 
@@ -246,6 +289,9 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     e.add_argument("--wavelength", default="CuKa", help="Å or anode name for two-column 2θ files (default CuKa)")
     e.add_argument("--elements", default=None, help="comma-separated elements that may be present")
     e.add_argument("--max-phases", type=int, default=3)
+    e.add_argument("--unknown", default=None, metavar="CIF_DIR",
+                   help="also simulate these phases (those not in the library) and report how often they are "
+                        "called out of library, beside the library's own phases")
     e.add_argument("--steps", type=int, default=1500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default=None, help="where built models are kept (default ~/.cache/xrd-nexus-ml)")
