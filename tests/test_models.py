@@ -545,8 +545,9 @@ def test_binned_encoder_tells_where_a_peak_is():
     binned_change = (binned[0] - binned[1]).norm() / binned[0].norm()
     pooled_change = (pooled[0] - pooled[1]).norm() / pooled[0].norm()
     assert binned_change > 5 * pooled_change
-    moe = build_moe([[0, 1], [1, 2]], [[0, 0], [0, 1]], 3, expert_bins=8, expert_bin_channels=4)
+    moe = build_moe([[0, 1], [1, 2]], [[0, 0], [0, 1]], 3, expert_bins=8, expert_bin_channels=4, gate_hidden=16)
     assert isinstance(moe.experts[0].encoder, BinnedEncoder)
+    assert moe.gate_input(torch.rand(3, moe.trunk_width, 64)).shape == (3, 16)
     out = moe.eval()(torch.rand(3, 2, 2048))
     torch.testing.assert_close(out.probs.sum(1), torch.ones(3))
     with pytest.raises(ValueError, match="positive"):

@@ -56,6 +56,8 @@ class BuildConfig:
     k: int = 2
     embedding_dim: int = 64
     gate_bins: int = 8
+    gate_hidden: int = 256  # hidden layer of the gate (0: linear gate)
+    inference_k: int = 4  # experts run per pattern at inference (training routes by the target's elements)
     expert_bins: int = 16  # position bins of each expert's summary (1: global average pooling)
     expert_bin_channels: int = 8
     trunk: dict = field(default_factory=lambda: default_trunk_config().to_dict())
@@ -190,7 +192,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
     plan = library.experts()
     network = build_moe(plan.expert_classes, plan.expert_coarse, len(classes),
                         _config(config.trunk), _config(config.expert), config.embedding_dim, config.k,
-                        gate_bins=config.gate_bins, expert_bins=config.expert_bins,
+                        gate_bins=config.gate_bins, gate_hidden=config.gate_hidden, expert_bins=config.expert_bins,
                         expert_bin_channels=config.expert_bin_channels)
     train_idx, val_idx = split_by_structure(library, config.val_fraction, config.seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -257,6 +259,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
             bar.close()
         del loader
     train_seconds = time.perf_counter() - started
+    network.gate.k = min(config.inference_k, network.n_experts)
     cal_inputs, cal_refs = _fixed_draws(cache, np.arange(len(library)), config.calibration_patterns,
                                         config.seed + 104729, config.wavelength)
     temperature, threshold, cal_metrics = _calibrate(network, cal_inputs, phase_class[cal_refs],
@@ -272,7 +275,8 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
         phases=[phase_record(p, int(c)) for p, c in zip(library.phases, phase_class)], plan=plan,
         grid=CANONICAL_GRID,
         architecture={"trunk": config.trunk, "expert": config.expert, "embedding_dim": config.embedding_dim,
-                      "k": config.k, "gate_bins": config.gate_bins, "expert_bins": config.expert_bins,
+                      "k": config.k, "inference_k": config.inference_k, "gate_bins": config.gate_bins,
+                      "gate_hidden": config.gate_hidden, "expert_bins": config.expert_bins,
                       "expert_bin_channels": config.expert_bin_channels, "experts_by": "element", "heads": "AdaCos (chemical system) + CosFace "
                       "(composition)", "gate": "noisy top-k"},
         sticks=sticks, temperature=temperature, open_set_threshold=threshold, library_hash=library_hash,

@@ -163,13 +163,15 @@ class IdentificationModel:
             network = build_moe(plan.expert_classes, plan.expert_coarse, len(card["classes"]),
                                 RegNetConfig.from_dict(arch["trunk"]), RegNetConfig.from_dict(arch["expert"]),
                                 embedding_dim=int(arch["embedding_dim"]), k=int(arch["k"]),
-                                gate_bins=int(arch["gate_bins"]), expert_bins=int(arch["expert_bins"]),
+                                gate_bins=int(arch["gate_bins"]), gate_hidden=int(arch["gate_hidden"]),
+                                expert_bins=int(arch["expert_bins"]),
                                 expert_bin_channels=int(arch["expert_bin_channels"]))
             state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
             missing, unexpected = network.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ModelBundleError(f"{weights_path}: weights do not match the card's architecture (missing "
                                        f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+            network.gate.k = min(int(arch["inference_k"]), network.n_experts)
             offsets = tensors["sticks.offsets"].numpy()
             q, inten = tensors["sticks.q"].numpy(), tensors["sticks.intensity"].numpy()
             sticks = [(q[a:b], inten[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]

@@ -175,6 +175,7 @@ class MixtureOfExperts(nn.Module):
         *,
         expert_coarse: Sequence[Sequence[int]] | None = None,
         gate_bins: int = 1,
+        gate_hidden: int = 0,
     ) -> None:
         super().__init__()
         n_experts = len(experts)
@@ -193,7 +194,12 @@ class MixtureOfExperts(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.n_classes = n_classes
         self.gate_bins = gate_bins
-        self.gate = NoisyTopKGate(trunk_width * gate_bins, n_experts, k, gate_noise)
+        # gate_hidden > 0: one hidden layer before the gate (which elements a pattern holds is not
+        # a linear function of the pooled trunk features; a linear gate routed the default model's
+        # patterns to an expert holding their class only 43 % of the time)
+        self.gate_hidden = (nn.Sequential(nn.Linear(trunk_width * gate_bins, gate_hidden), nn.ReLU())
+                            if gate_hidden else nn.Identity())
+        self.gate = NoisyTopKGate(gate_hidden or trunk_width * gate_bins, n_experts, k, gate_noise)
 
         counts = [len(c) for c in expert_classes]
         width = max(counts)
@@ -255,10 +261,11 @@ class MixtureOfExperts(nn.Module):
         return allowed_classes.to(device=self.class_to_local.device, dtype=torch.bool)
 
     def gate_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """Gate features (B, trunk_width * gate_bins) from the trunk map (B, trunk_width, L')."""
+        """Gate features from the trunk map (B, trunk_width, L'): `gate_bins` position-bin averages
+        (B, trunk_width * gate_bins), through the hidden layer when there is one."""
         if self.gate_bins == 1:
-            return feats.mean(dim=-1)
-        return F.adaptive_avg_pool1d(feats, self.gate_bins).flatten(1)
+            return self.gate_hidden(feats.mean(dim=-1))
+        return self.gate_hidden(F.adaptive_avg_pool1d(feats, self.gate_bins).flatten(1))
 
     @staticmethod
     def _routes(mask: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -392,6 +399,7 @@ def build_moe(
     k: int = 2,
     *,
     gate_bins: int = 8,
+    gate_hidden: int = 0,
     expert_bins: int = 1,
     expert_bin_channels: int = 8,
 ) -> MixtureOfExperts:
@@ -416,7 +424,8 @@ def build_moe(
         n_coarse = max(int(c) for c in co) + 1
         experts.append(HierarchicalExpert(encoder, encoder.out_width, embedding_dim, n_coarse, len(cls)))
     return MixtureOfExperts(
-        trunk, trunk.out_width, experts, expert_classes, n_classes, k, expert_coarse=expert_coarse, gate_bins=gate_bins
+        trunk, trunk.out_width, experts, expert_classes, n_classes, k, expert_coarse=expert_coarse, gate_bins=gate_bins,
+        gate_hidden=gate_hidden,
     )
 
 
