@@ -6,8 +6,8 @@ For each pattern (all patterns of a call go through the network together):
    the pattern's embedding to each class prototype.
 2. The `shortlist` most probable classes whose prototype cosine reaches the model's open-set
    threshold (and whose probability is at least `min_shortlist_probability`) are candidates;
-   with none, the pattern is out of library and no phase is named (the nearest classes are
-   still listed).
+   with none, or none whose fit (step 3) explains `min_explained` of the signal, the pattern
+   is out of library and no phase is named (the nearest classes are still listed).
 3. Each candidate class's references (its polymorphs) are fitted to what is left of the
    pattern: lattice scale by cross-correlation on a log-q axis (±4 %), peak width from four
    candidates, height by a robust ratio on the reference's strong peaks. The candidate whose
@@ -212,7 +212,9 @@ class Identifier:
                     explained = float(((residual[row] ** 2).sum() - (after**2).sum()) / max(total[row], 1e-12))
                     if best is None or explained > best[2]:
                         best = (c, fit, explained, after)
-                if best is None or (round_ > 0 and best[2] < self.min_explained):
+                if best is None or best[2] < self.min_explained:
+                    if round_ == 0:  # no library phase explains the pattern
+                        out_of_library[row] = True
                     active[row] = False
                     continue
                 c, fit, explained, after = best

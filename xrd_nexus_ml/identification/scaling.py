@@ -403,7 +403,7 @@ def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int 
     as `simulation_seconds`. The test covers every phase (= class in a substituted library)
     equally often, at least once (`test_patterns` rounded up to a multiple of the phase count),
     from a stream of its own seed.
-    The impurity pool (second phases in 40 % of patterns) is a seeded subset of at most
+    The impurity pool (second phases in half the patterns) is a seeded subset of at most
     `impurity_pool_size` references: the whole library's padded peaks would not fit in memory
     at 10^4 classes and more."""
     from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline

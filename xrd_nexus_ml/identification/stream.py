@@ -61,11 +61,11 @@ def identification_pipeline(impurity_pool: PeakList | None = None) -> Compose:
     (isotropic strain ±3 %, with ±1 % per edge on top), texture is strong in flat-plate lab
     samples (March-Dollase r 0.5-1.5), and measured peaks are often broad (crystallites
     5-150 nm, log-uniform).
-    impurity_pool: the library's own peaks; 40 % of patterns then carry a second phase at
-    2-40 % of the main phase's strongest line, so the classifier names the dominant phase of a
-    mixture (the identifier finds the others by subtraction).
+    impurity_pool: the library's own peaks; half the patterns then carry a second phase at
+    2-80 % of the main phase's strongest line, so the classifier names the dominant phase of a
+    mixture, even of a nearly even one (the identifier finds the others by subtraction).
     """
-    impurity = ([ImpurityPhase(probability=0.4, pool=impurity_pool, fraction=(0.02, 0.4))]
+    impurity = ([ImpurityPhase(probability=0.5, pool=impurity_pool, fraction=(0.02, 0.8))]
                 if impurity_pool is not None else [])
     return Compose((
         PreferredOrientation(probability=0.5, r_range=(0.5, 1.5)),
