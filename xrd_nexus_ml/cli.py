@@ -25,11 +25,12 @@ def cmd_demo(args) -> int:
     print(f"Simulated {len(summary['simulated'])} structures on the canonical grid "
           f"({summary['canonical_grid']['n_points']} points, q {summary['canonical_grid']['q_min']}-"
           f"{summary['canonical_grid']['q_max']} 1/Å), clean and augmented.")
-    print(f"{'measured pattern':<18} {'true':<8} {'best reference (cosine)':<28} correct")
+    print(f"{'measured pattern':<18} {'true':<8} {'best reference (cosine)':<28} {'correct':<8} identified (MoE)")
     for m in summary["measured"]:
         top = m["top3"][0]
         best = "{} ({:.3f})".format(top["reference"], top["cosine"])
-        print(f"{m['file']:<18} {m['true_phase']:<8} {best:<28} {'yes' if m['correct_formula'] else 'no'}")
+        found = ", ".join(f"{p['formula']} ({p['probability']:.2f})" for p in m["identified"]) or "-"
+        print(f"{m['file']:<18} {m['true_phase']:<8} {best:<28} {'yes' if m['correct_formula'] else 'no':<8} {found}")
     print(f"Figure: {summary['png']}  ({summary['seconds']} s on {summary['device']})")
     return 0
 
