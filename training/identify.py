@@ -277,8 +277,8 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
         architecture={"trunk": config.trunk, "expert": config.expert, "embedding_dim": config.embedding_dim,
                       "k": config.k, "inference_k": config.inference_k, "gate_bins": config.gate_bins,
                       "gate_hidden": config.gate_hidden, "expert_bins": config.expert_bins,
-                      "expert_bin_channels": config.expert_bin_channels, "experts_by": "element", "heads": "AdaCos (chemical system) + CosFace "
-                      "(composition)", "gate": "noisy top-k"},
+                      "expert_bin_channels": config.expert_bin_channels, "experts_by": "element",
+                      "heads": "AdaCos (chemical system) + CosFace (composition)", "gate": "noisy top-k"},
         sticks=sticks, temperature=temperature, open_set_threshold=threshold, library_hash=library_hash,
         training={"recipe": asdict(config), "augmentation": ReferenceStream(
             cache, simulator, [0], config.batch_size, 0, identification_pipeline(cache.peaks([0]))).config(),

@@ -3,8 +3,8 @@
 Besides the network it carries the library it was built for (every reference phase with
 formula, space group and its merged stick pattern, used to subtract an identified phase and
 to draw sticks in plots), the expert plan (one expert per element), the calibration (a
-softmax temperature fitted on held-out draws) and the open-set threshold (the smallest cosine
-between a pattern's embedding and its class prototype that in-library patterns reach).
+softmax temperature fitted on held-out draws) and the open-set threshold (the 1 % quantile of
+the cosine between in-library patterns' embeddings and their predicted class prototype).
 
 Bundle: `<dir>/weights.safetensors` (tensors only) and `<dir>/card.json` (input grid,
 classes, phases, experts, architecture, training recipe, metrics, versions). Loading reads
