@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from xrd_nexus_ml.identification.library import PhaseLibrary, split_by_structure
 from xrd_nexus_ml.identification.model import IdentificationModel, phase_record
-from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
+from xrd_nexus_ml.identification.stream import PeakCache, library_stream
 from xrd_nexus_ml.models import build_moe
 from xrd_nexus_ml.models.moe import default_expert_config, default_trunk_config
 from xrd_nexus_ml.pattern import CANONICAL_GRID
@@ -70,26 +70,20 @@ class BuildConfig:
 
 
 class _StreamDataset(IterableDataset):
-    """The reference stream as a DataLoader source (one worker: generation beside training)."""
+    """The library stream as a DataLoader source (one worker: generation beside training)."""
 
-    def __init__(self, cache, references, batch_size, seed, impurity, wavelength):
-        self.cache, self.references, self.batch_size, self.seed, self.impurity = (
-            cache, list(references), batch_size, seed, impurity)
-        self.wavelength = wavelength
+    def __init__(self, cache, references, batch_size, seed, wavelength):
+        self.cache, self.references, self.batch_size, self.seed, self.wavelength = (
+            cache, list(references), batch_size, seed, wavelength)
 
     def __iter__(self):
         torch.set_num_threads(1)
-        simulator = PowderSimulator(wavelength=self.wavelength, device="cpu")
-        pool = self.cache.peaks(range(len(self.cache))) if self.impurity else None
-        stream = ReferenceStream(self.cache, simulator, self.references, self.batch_size, self.seed,
-                                 identification_pipeline(pool))
-        for draw in stream:
+        for draw in library_stream(self.cache, self.references, self.batch_size, self.seed, self.wavelength):
             yield draw.inputs, torch.from_numpy(draw.reference)
 
 
 def _loader(cache, references, config: BuildConfig, seed: int):
-    dataset = _StreamDataset(cache, references, config.batch_size, seed, impurity=len(cache) > 1,
-                             wavelength=config.wavelength)
+    dataset = _StreamDataset(cache, references, config.batch_size, seed, config.wavelength)
     return iter(DataLoader(dataset, batch_size=None, num_workers=config.workers,
                            persistent_workers=False, prefetch_factor=4 if config.workers else None))
 
@@ -128,9 +122,7 @@ def _top1(network, inputs, classes_true) -> float:
 
 def _fixed_draws(cache, references, n, seed, wavelength, batch_size=128):
     """(inputs, reference index) of n fresh patterns of `references` (a stream of its own seed)."""
-    simulator = PowderSimulator(wavelength=wavelength, device="cpu")
-    pool = cache.peaks(range(len(cache))) if len(cache) > 1 else None
-    stream = ReferenceStream(cache, simulator, references, batch_size, seed, identification_pipeline(pool))
+    stream = library_stream(cache, references, batch_size, seed, wavelength)
     xs, ys = [], []
     refs = np.resize(np.asarray(references), n)  # every reference equally often
     for start in range(0, n, batch_size):
@@ -280,15 +272,16 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
                       "expert_bin_channels": config.expert_bin_channels, "experts_by": "element",
                       "heads": "AdaCos (chemical system) + CosFace (composition)", "gate": "noisy top-k"},
         sticks=sticks, temperature=temperature, open_set_threshold=threshold, library_hash=library_hash,
-        training={"recipe": asdict(config), "augmentation": ReferenceStream(
-            cache, simulator, [0], config.batch_size, 0, identification_pipeline(cache.peaks([0]))).config(),
+        training={
+            "recipe": asdict(config),
+            "augmentation": library_stream(cache, [0], config.batch_size, 0, config.wavelength).config(),
             "library": {"n_phases": len(library), "n_classes": len(classes), "n_experts": len(plan.elements),
                         "duplicates_removed": [list(d) for d in library.duplicates],
-                        "train_phases": int(len(train_idx)), "held_out_phases": [library.phases[i].name
-                                                                                 for i in val_idx]},
-            "loss_history": history, "seconds": {"peak_cache": round(cache_seconds, 1),
-                                                 "total": round(time.perf_counter() - started, 1),
-                                                 "training": round(train_seconds, 1)},
+                        "train_phases": int(len(train_idx)),
+                        "held_out_phases": [library.phases[i].name for i in val_idx]},
+            "loss_history": history,
+            "seconds": {"peak_cache": round(cache_seconds, 1), "total": round(time.perf_counter() - started, 1),
+                        "training": round(train_seconds, 1)},
             "device": "cpu", "torch_threads": torch.get_num_threads()},
         metrics=metrics)
     model.save(out)

@@ -56,11 +56,10 @@ def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 20
     model = IdentificationModel.load(model_dir)
     identifier = Identifier(model)
     patterns = test_patterns(model, n)
-    mask = np.ones_like(patterns, dtype=bool)
     from xrd_nexus_ml.transitions.models import prepare_frames
 
     prepared = prepare_frames(patterns, grid=model.grid)
-    inputs = torch.from_numpy(model_input(prepared.x, mask))
+    inputs = torch.from_numpy(model_input(prepared.x, prepared.mask))
     dev = torch.device(device)
     model.network.to(dev)
     x = inputs.to(dev)

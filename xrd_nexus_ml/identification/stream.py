@@ -243,3 +243,12 @@ class ReferenceStream:
     def __iter__(self) -> Iterator[Draw]:
         while True:
             yield self.draw()
+
+
+def library_stream(cache: PeakCache, references: Sequence[int], batch_size: int, seed: int,
+                   wavelength: str | float = "CuKa1") -> ReferenceStream:
+    """The stream an identification model trains and is calibrated on: `identification_pipeline`
+    with the library's own peaks as the pool of second phases (when it has more than one)."""
+    simulator = PowderSimulator(wavelength=wavelength, device="cpu")
+    pool = cache.peaks(range(len(cache))) if len(cache) > 1 else None
+    return ReferenceStream(cache, simulator, references, batch_size, seed, identification_pipeline(pool))
