@@ -1,0 +1,80 @@
+"""Model bundles on disk: `<dir>/weights.safetensors` (tensors only) and `<dir>/card.json`.
+
+Every model of the package is stored this way, so loading one reads JSON and tensors and never
+unpickles an object; a missing, corrupt or foreign file raises `ModelBundleError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrd_nexus_ml.errors import ModelBundleError
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def software_versions() -> dict:
+    """The versions a card records next to the weights."""
+    import safetensors
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict) -> Path:
+    """Write the tensors and the card (which must hold `kind`); returns the folder."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"kind": str(card["kind"])})
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=1, default=float))
+    return directory
+
+
+def read_bundle(directory, kinds: Collection[str], card_version: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(card, tensors) of a bundle whose card is of one of `kinds` and of `card_version`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    card_path, weights_path = directory / CARD_FILE, directory / WEIGHTS_FILE
+    for path in (card_path, weights_path):
+        if not path.is_file():
+            raise ModelBundleError(f"{path}: model bundle file is missing (a bundle is {CARD_FILE} + {WEIGHTS_FILE})")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelBundleError(f"{card_path}: the model card is not valid JSON ({err})") from None
+    kind = card.get("kind") if isinstance(card, dict) else None
+    if kind not in kinds:
+        raise ModelBundleError(f"{card_path}: holds a {kind!r} model, expected {' or '.join(map(repr, kinds))}")
+    if card.get("card_version") != card_version:
+        raise ModelBundleError(f"{card_path}: card_version {card.get('card_version')!r}, this code reads "
+                               f"{card_version}")
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelBundleError(f"{weights_path}: cannot read the weights ({err})") from None
+    return card, tensors
+
+
+def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, source) -> None:
+    """Load `prefix.*` tensors into `module`; a missing or extra tensor names the weights file."""
+    state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        raise ModelBundleError(f"{Path(source) / WEIGHTS_FILE}: weights do not fit the card's architecture "
+                               f"({str(err).splitlines()[0]} ...)") from None
+    if missing or unexpected:
+        raise ModelBundleError(f"{Path(source) / WEIGHTS_FILE}: weights do not match the card's architecture "
+                               f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
