@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     from xrd_nexus_ml.identification.commands import add_parsers as add_identification_parsers
 
     add_identification_parsers(sub, evaluate, bench, train)
+    from xrd_nexus_ml.spacegroup.commands import add_parsers as add_spacegroup_parsers
+
+    add_spacegroup_parsers(evaluate, train)
     return parser
 
 

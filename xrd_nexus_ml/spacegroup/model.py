@@ -1,0 +1,190 @@
+"""A trained space-group classifier and its bundle: the ResNet plus its calibration.
+
+Input: the pattern on the model's q grid, √ of the max-normalised intensity, and the mask (no
+background subtraction: the network was trained with backgrounds, and a subtraction would
+turn an amorphous hump into something peak-like). Output per pattern: calibrated
+probabilities for the 230 space groups, the extinction groups and the 7 crystal systems, and
+`crystalline`: False when the crystal-system head is less sure than `crystalline_threshold`
+(the 1 % quantile of its confidence on crystal patterns at calibration), which is what a flat
+line, noise or an amorphous hump gives after the outlier-exposure training.
+
+Bundle: `weights.safetensors` + `card.json` (grid, label sets, architecture, calibration,
+training recipe, metrics, versions); see `xrd_nexus_ml.bundle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrd_nexus_ml.bundle import WEIGHTS_FILE, load_state, read_bundle, software_versions, write_bundle
+from xrd_nexus_ml.errors import ModelBundleError
+from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
+from xrd_nexus_ml.pattern import QGrid
+from xrd_nexus_ml.physics import symmetry
+
+KIND = "spacegroup-resnet"
+CARD_VERSION = 1
+CRYSTAL_SYSTEMS = symmetry.CRYSTAL_SYSTEMS
+
+
+def head_sizes() -> dict[str, int]:
+    """Classes per head: 230 space groups, the extinction groups, 7 crystal systems."""
+    return {"space_group": 230, "extinction_group": symmetry.N_EXTINCTION_GROUPS, "crystal_system": 7}
+
+
+def targets_from_space_groups(space_groups) -> dict[str, torch.Tensor]:
+    """0-based class indices of each head for space-group numbers 1-230."""
+    sg = [int(s) for s in space_groups]
+    return {"space_group": torch.tensor([s - 1 for s in sg], dtype=torch.long),
+            "extinction_group": torch.tensor([symmetry.extinction_group(s) for s in sg], dtype=torch.long),
+            "crystal_system": torch.tensor([symmetry.crystal_system_index(s) for s in sg], dtype=torch.long)}
+
+
+def model_input(intensity: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(n, 2, G) float32: √ of the max-normalised intensity over the mask, and the mask."""
+    x = torch.as_tensor(np.asarray(intensity, dtype=np.float32) if not torch.is_tensor(intensity) else intensity)
+    m = torch.as_tensor(mask).to(torch.bool)
+    if x.ndim == 1:
+        x, m = x[None], m[None]
+    x = torch.where(m, x.float().clamp_min(0.0), torch.zeros((), dtype=torch.float32))
+    top = x.amax(dim=1, keepdim=True)
+    x = torch.sqrt(x / torch.where(top > 0, top, torch.ones_like(top)))
+    return torch.stack([x, m.float()], dim=1)
+
+
+@dataclass
+class SpaceGroupPrediction:
+    """Top-k of each head with probabilities, and whether the pattern looks crystalline."""
+
+    space_groups: list[tuple[int, str, float]]  # (number, Hermann-Mauguin symbol, probability)
+    extinction_groups: list[tuple[int, str, float]]  # (index, name, probability)
+    crystal_systems: list[tuple[str, float]]
+    crystalline: bool
+    confidence: float  # the crystal-system head's top probability, compared with the threshold
+
+    def to_dict(self) -> dict:
+        return {"space_group": [{"number": n, "symbol": s, "probability": round(p, 4)} for n, s, p in self.space_groups],
+                "extinction_group": [{"index": i, "name": s, "probability": round(p, 4)}
+                                     for i, s, p in self.extinction_groups],
+                "crystal_system": [{"name": s, "probability": round(p, 4)} for s, p in self.crystal_systems],
+                "crystalline": self.crystalline, "confidence": round(self.confidence, 4)}
+
+
+@dataclass
+class SpaceGroupModel:
+    """The network and what inference needs: grid, per-head temperatures, crystallinity threshold."""
+
+    network: SymmetryClassifier
+    grid: QGrid
+    architecture: ResNetConfig
+    temperatures: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in head_sizes()})
+    crystalline_threshold: float = 0.0
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def model_id(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"spacegroup/{KIND}@{digest.hexdigest()[:12]}"
+
+    @torch.inference_mode()
+    def probabilities(self, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Calibrated probabilities per head for (n, 2, G) inputs from `model_input`."""
+        self.network.eval()
+        device = next(self.network.parameters()).device
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.network.heads}
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = self.network(inputs[start:start + batch_size].to(device))
+            for name, value in logits.items():
+                parts[name].append(torch.softmax(value.float() / self.temperatures[name], dim=1).cpu().numpy())
+        return {k: (np.concatenate(v) if v else np.zeros((0, self.network.heads[k].out_features), np.float32))
+                for k, v in parts.items()}
+
+    def predict(self, intensity, mask, top_k: int = 5) -> list[SpaceGroupPrediction]:
+        """One prediction per pattern (rows of intensity/mask on the model grid)."""
+        probs = self.probabilities(model_input(intensity, mask))
+        out = []
+        for i in range(probs["space_group"].shape[0]):
+            sg, ext, cs = probs["space_group"][i], probs["extinction_group"][i], probs["crystal_system"][i]
+            sg_top = np.argsort(-sg)[:top_k]
+            ext_top = np.argsort(-ext)[:top_k]
+            cs_top = np.argsort(-cs)[:3]
+            confidence = float(cs.max())
+            out.append(SpaceGroupPrediction(
+                space_groups=[(int(j) + 1, symmetry.space_group_symbol(int(j) + 1), float(sg[j])) for j in sg_top],
+                extinction_groups=[(int(j), symmetry.extinction_group_name(int(j)), float(ext[j])) for j in ext_top],
+                crystal_systems=[(CRYSTAL_SYSTEMS[j], float(cs[j])) for j in cs_top],
+                crystalline=confidence >= self.crystalline_threshold, confidence=confidence))
+        return out
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    # -- bundle ----------------------------------------------------------------------------
+    def card(self) -> dict:
+        return {"kind": KIND, "card_version": CARD_VERSION, "grid": self.grid.to_dict(),
+                "input": "sqrt of the max-normalised intensity over the measured points (no background "
+                         "subtraction); channel 2 = mask",
+                "heads": head_sizes(), "crystal_systems": list(CRYSTAL_SYSTEMS),
+                "architecture": {"family": "ResNet1D (basic blocks)", **self.architecture.to_dict()},
+                "calibration": {"temperatures": self.temperatures, "crystalline_threshold": self.crystalline_threshold},
+                "n_parameters": self.n_parameters, "training": self.training, "metrics": self.metrics,
+                "versions": software_versions()}
+
+    def save(self, directory) -> Path:
+        tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        return write_bundle(directory, tensors, self.card())
+
+    @classmethod
+    def load(cls, directory, device: str | torch.device = "cpu") -> SpaceGroupModel:
+        """Read a bundle written by `save`; errors name the file."""
+        directory = Path(directory)
+        card, tensors = read_bundle(directory, (KIND,), CARD_VERSION)
+        try:
+            if card["heads"] != head_sizes():
+                raise ModelBundleError(f"{directory / 'card.json'}: heads {card['heads']} differ from this code's "
+                                       f"{head_sizes()}")
+            arch = {k: v for k, v in card["architecture"].items() if k != "family"}
+            config = ResNetConfig.from_dict(arch)
+            network = SymmetryClassifier(config, head_sizes())
+            load_state(network, tensors, "network", directory)
+            grid = card["grid"]
+            calibration = card["calibration"]
+            model = cls(network=network.to(device).eval(),
+                        grid=QGrid(float(grid["q_min"]), float(grid["q_max"]), int(grid["n_points"])),
+                        architecture=config,
+                        temperatures={k: float(calibration["temperatures"][k]) for k in head_sizes()},
+                        crystalline_threshold=float(calibration["crystalline_threshold"]),
+                        training=card.get("training", {}), metrics=card.get("metrics", {}), source=str(directory))
+        except ModelBundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelBundleError(f"{directory / 'card.json'}: incomplete or inconsistent model card ({err!r})") \
+                from None
+        return model
+
+
+def shipped_model_dir() -> Path:
+    """The default bundle inside the package."""
+    return Path(__file__).resolve().parent.parent / "data" / "models" / "spacegroup" / "default"
+
+
+def load_model(path_or_name: str | Path | None = None, device: str | torch.device = "cpu") -> SpaceGroupModel:
+    """A bundle folder, or None/"default" for the shipped model."""
+    if path_or_name in (None, "default"):
+        path = shipped_model_dir()
+        if not (path / WEIGHTS_FILE).is_file():
+            raise ModelBundleError(f"{path}: the shipped space-group model is missing; rebuild it with "
+                                   "`xrd-nexus-ml train spacegroup --out " + str(path) + "`")
+        return SpaceGroupModel.load(path, device)
+    return SpaceGroupModel.load(path_or_name, device)
