@@ -112,7 +112,7 @@ def test_bundle_round_trip_and_errors(tiny_model, tmp_path):
     with pytest.raises(ModelBundleError, match="missing"):
         IdentificationModel.load(tmp_path / "nowhere")
     transition = Path(__file__).parents[1] / "xrd_nexus_ml" / "data" / "models" / "transition" / "end_to_end"
-    with pytest.raises(ModelBundleError, match="not an identification model"):
+    with pytest.raises(ModelBundleError, match="expected 'identification-moe'"):
         IdentificationModel.load(transition)
 
 

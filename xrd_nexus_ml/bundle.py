@@ -28,7 +28,7 @@ def software_versions() -> dict:
             "python": platform.python_version()}
 
 
-def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict) -> Path:
+def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict, indent: int = 1) -> Path:
     """Write the tensors and the card (which must hold `kind`); returns the folder."""
     from safetensors.torch import save_file
 
@@ -36,7 +36,7 @@ def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict) -> Pat
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"kind": str(card["kind"])})
-    (directory / CARD_FILE).write_text(json.dumps(card, indent=1, default=float))
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=indent, default=float))
     return directory
 
 

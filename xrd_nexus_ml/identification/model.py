@@ -14,14 +14,13 @@ JSON and tensors, never pickles; a missing, corrupt or mismatched file raises
 
 from __future__ import annotations
 
-import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from xrd_nexus_ml.bundle import load_state, read_bundle, software_versions, write_bundle
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.identification.library import ExpertPlan, LibraryError, canonical_formula
 from xrd_nexus_ml.models import RegNetConfig, build_moe
@@ -96,8 +95,6 @@ class IdentificationModel:
 
     # -- bundle ----------------------------------------------------------------------------
     def card(self) -> dict:
-        import safetensors
-
         return {
             "kind": KIND,
             "card_version": CARD_VERSION,
@@ -112,51 +109,24 @@ class IdentificationModel:
             "n_parameters": self.n_parameters,
             "training": self.training,
             "metrics": self.metrics,
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
-                         "python": platform.python_version()},
+            "versions": software_versions(),
         }
 
     def save(self, directory) -> Path:
         """Write `<directory>/weights.safetensors` and `<directory>/card.json`; returns the folder."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"network.{k}": v.detach().contiguous() for k, v in self.network.state_dict().items()}
+        tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         lengths = [len(q) for q, _ in self.sticks]
         tensors["sticks.offsets"] = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long)
         tensors["sticks.q"] = torch.from_numpy(np.concatenate([q for q, _ in self.sticks]).astype(np.float32))
         tensors["sticks.intensity"] = torch.from_numpy(np.concatenate([i for _, i in self.sticks]).astype(np.float32))
-        save_file(tensors, str(directory / "weights.safetensors"), metadata={"kind": KIND})
-        (directory / "card.json").write_text(json.dumps(self.card(), indent=1, default=float))
-        return directory
+        return write_bundle(directory, tensors, self.card())
 
     @classmethod
     def load(cls, directory) -> IdentificationModel:
         """Read a bundle written by `save`."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         card_path, weights_path = directory / "card.json", directory / "weights.safetensors"
-        for path in (card_path, weights_path):
-            if not path.is_file():
-                raise ModelBundleError(f"{path}: model bundle file is missing (a bundle is card.json + "
-                                       "weights.safetensors)")
-        try:
-            card = json.loads(card_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ModelBundleError(f"{card_path}: the model card is not valid JSON ({err})") from None
-        if not isinstance(card, dict) or card.get("kind") != KIND:
-            kind = card.get("kind") if isinstance(card, dict) else None
-            raise ModelBundleError(f"{card_path}: holds a {kind!r} model, not an identification model ({KIND!r})")
-        if card.get("card_version") != CARD_VERSION:
-            raise ModelBundleError(f"{card_path}: card_version {card.get('card_version')!r}, this code reads "
-                                   f"{CARD_VERSION}")
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError) as err:
-            raise ModelBundleError(f"{weights_path}: not a readable safetensors file ({err})") from None
+        card, tensors = read_bundle(directory, (KIND,), CARD_VERSION)
         try:
             plan = ExpertPlan.from_dict(card["experts"])
             arch = card["architecture"]
@@ -166,11 +136,7 @@ class IdentificationModel:
                                 gate_bins=int(arch["gate_bins"]), gate_hidden=int(arch["gate_hidden"]),
                                 expert_bins=int(arch["expert_bins"]),
                                 expert_bin_channels=int(arch["expert_bin_channels"]))
-            state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
-            missing, unexpected = network.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ModelBundleError(f"{weights_path}: weights do not match the card's architecture (missing "
-                                       f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+            load_state(network, tensors, "network", directory)
             network.gate.k = min(int(arch["inference_k"]), network.n_experts)
             offsets = tensors["sticks.offsets"].numpy()
             q, inten = tensors["sticks.q"].numpy(), tensors["sticks.intensity"].numpy()

@@ -50,9 +50,7 @@ naming it.
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -63,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xrd_nexus_ml.bundle import read_bundle, software_versions, write_bundle
 from xrd_nexus_ml.errors import ModelBundleError, PatternError, XrdNexusMlError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid
 from xrd_nexus_ml.preprocess import snip_background
@@ -704,8 +703,6 @@ class _Base:
         return {}
 
     def card(self) -> dict:
-        import safetensors
-
         return {
             "card_version": CARD_VERSION,
             "kind": self.kind,
@@ -718,21 +715,13 @@ class _Base:
             "seed": self.seed,
             "training": self.recipe,
             "metrics": self.metrics,
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
-                         "python": platform.python_version()},
+            "versions": software_versions(),
         }
 
     def save(self, directory) -> Path:
         """Write `<directory>/weights.safetensors` and `<directory>/card.json`; returns the folder."""
-        from safetensors.torch import save_file
-
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self._all_tensors().items()}
-        save_file(tensors, str(directory / "weights.safetensors"), metadata={"kind": self.kind})
-        (directory / "card.json").write_text(json.dumps(self.card(), indent=2, default=float))
-        return directory
+        return write_bundle(directory, self._all_tensors(), self.card(), indent=2)
 
     def _restore_common(self, card: dict, tensors: dict, source: Path):
         if self.align:
@@ -754,29 +743,10 @@ class _Base:
 
 
 def _read_bundle(directory) -> tuple[dict, dict[str, torch.Tensor], Path]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    card_path, weights_path = directory / "card.json", directory / "weights.safetensors"
-    for path in (card_path, weights_path):
-        if not path.is_file():
-            raise ModelBundleError(
-                f"{path}: model bundle file is missing (a bundle is card.json + weights.safetensors)")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelBundleError(f"{card_path}: the model card is not valid JSON ({err})") from None
-    if not isinstance(card, dict) or "kind" not in card or "phases" not in card:
-        raise ModelBundleError(f"{card_path}: the model card lacks 'kind' or 'phases'")
-    if card.get("card_version") != CARD_VERSION:
-        raise ModelBundleError(
-            f"{card_path}: card_version {card.get('card_version')!r}, this code reads {CARD_VERSION}")
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelBundleError(f"{weights_path}: cannot read the weights ({err})") from None
-    return card, tensors, directory
+    card, tensors = read_bundle(directory, tuple(MODELS), CARD_VERSION)
+    if "phases" not in card:
+        raise ModelBundleError(f"{Path(directory) / 'card.json'}: the model card lacks 'phases'")
+    return card, tensors, Path(directory)
 
 
 def _need(tensors: dict, name: str, shape: tuple | None, source: Path) -> torch.Tensor:
@@ -792,9 +762,6 @@ def _need(tensors: dict, name: str, shape: tuple | None, source: Path) -> torch.
 def load_model(directory):
     """Load any transition model bundle written by `save` (the kind is read from the card)."""
     card, tensors, source = _read_bundle(directory)
-    if card["kind"] not in MODELS:
-        raise ModelBundleError(
-            f"{source / 'card.json'}: unknown model kind {card['kind']!r}; known: {', '.join(MODELS)}")
     try:
         return MODELS[card["kind"]]._from_bundle(card, tensors, source)
     except (KeyError, TypeError, ValueError) as err:
