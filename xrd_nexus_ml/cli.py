@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: 'default')")
     p.add_argument("--elements", default=None, help="comma-separated elements that may be present, e.g. Li,Mn,Ti,O")
     p.add_argument("--max-phases", type=int, default=3, help="most phases reported per pattern")
+    p.add_argument("--spacegroup-model", default="default",
+                   help="space-group model: a bundle folder, 'default' (shipped) or 'none' (skip)")
     p.add_argument("--plot", nargs="?", const=".", default=None, metavar="DIR",
                    help="write <name>.phases.png (pattern + identified sticks) into DIR (default: .)")
     p.add_argument("--entry", default=None, help="NeXus: the NXentry (default: the first)")

@@ -81,17 +81,26 @@ def cmd_train_identify(args) -> int:
 
 
 def classify_patterns(files, model: str | None = None, elements=None, wavelength=None, max_phases: int = 3,
-                      plot_dir: str | None = None) -> list[dict]:
-    """Identify the phases of pattern files; one dict per file (see `Identification.to_dict`)."""
+                      plot_dir: str | None = None, spacegroup_model: str | None = "default") -> list[dict]:
+    """Identify the phases of pattern files; one dict per file (see `Identification.to_dict`), with
+    the space-group model's answer under "symmetry" unless `spacegroup_model` is None."""
     from xrd_nexus_ml.identification.identifier import Identifier
     from xrd_nexus_ml.io import read_pattern
 
     identifier = Identifier.from_bundle(resolve_model(model), max_phases=max_phases)
     patterns = [read_pattern(f, wavelength=wavelength) for f in files]
     results = identifier.identify(patterns, elements=elements, sources=[str(f) for f in files])
+    symmetry = [None] * len(patterns)
+    if spacegroup_model is not None:
+        from xrd_nexus_ml.spacegroup.commands import predict_patterns
+        from xrd_nexus_ml.spacegroup.model import load_model
+
+        symmetry = predict_patterns(patterns, load_model(spacegroup_model))
     out = []
-    for pattern, result in zip(patterns, results):
+    for pattern, result, sym in zip(patterns, results, symmetry):
         record = result.to_dict()
+        if sym is not None:
+            record["symmetry"] = sym.to_dict()
         if plot_dir is not None and result.flag is None:
             from xrd_nexus_ml.plotting import plot_identification
 
@@ -113,10 +122,13 @@ def cmd_classify(args) -> int:
     if not patterns:
         return status
     records = classify_patterns(patterns, args.model, parse_elements(args.elements), args.wavelength,
-                                args.max_phases, args.plot)
+                                args.max_phases, args.plot,
+                                None if args.spacegroup_model == "none" else args.spacegroup_model)
     if args.json:
         print(json.dumps(records, indent=2, default=float))
         return status
+    from xrd_nexus_ml.spacegroup.commands import describe
+
     for r in records:
         if r["flag"]:
             print(f"{r['source']}: not usable ({r['flag']})")
@@ -127,6 +139,8 @@ def cmd_classify(args) -> int:
             if r["out_of_library"] else ""
         print(f"{r['source']}: {phases}{unknown}  ({1000 * r['seconds']:.1f} ms)" +
               (f"  -> {r['png']}" if r.get("png") else ""))
+        if "symmetry" in r:
+            print(f"    {describe(r['symmetry'])}")
     return status
 
 
