@@ -175,6 +175,32 @@ def test_models_beat_chance_and_the_better_one_is_accurate(models, ramp):
     assert 0 < models["binned_vote"].weights.max() <= 1.0
 
 
+def test_each_model_carries_its_calibrated_crossing_point_error(models, tmp_path):
+    """Measured on calibration ramps at training time, saved in the card, applied by the tracker."""
+    calibration = models["end_to_end"].changepoint
+    assert calibration["n_ramps"] == 2 and len(calibration["errors_gpa"]) == 2
+    assert calibration["bias_gpa"] == pytest.approx(np.mean(calibration["errors_gpa"]), abs=1e-3)
+    assert calibration["systematic_sigma_gpa"] >= 0.0
+    # the cosine baseline is far off: its systematic sigma says so (GPa, not a tenth of a step)
+    assert models["cosine_baseline"].changepoint["systematic_sigma_gpa"] > 1.0
+    loaded = load_model(models["end_to_end"].save(tmp_path / "e2e"))
+    assert loaded.changepoint == json.loads(json.dumps(calibration))
+
+    clean = simulate_ramp(np.linspace(10.0, 50.0, 81), PT, WIDTH, noise=0.003, background=0.05, seed=12)
+    raw = TransitionTracker(loaded, two_theta=clean.two_theta, wavelength=clean.wavelength,
+                            systematic_sigma=0.0, systematic_bias=0.0)
+    calibrated = TransitionTracker(loaded, two_theta=clean.two_theta, wavelength=clean.wavelength)
+    a = raw.run(list(clean.intensity), clean.pressures)[-1].boundaries[0]
+    b = calibrated.run(list(clean.intensity), clean.pressures)[-1].boundaries[0]
+    assert b.pressure == pytest.approx(a.pressure - calibration["bias_gpa"], abs=1e-9)
+    assert b.sigma_statistical == pytest.approx(a.sigma, abs=1e-9)
+    assert b.sigma == pytest.approx(math.hypot(a.sigma, calibration["systematic_sigma_gpa"]), abs=1e-9)
+    assert b.interval[1] - b.interval[0] >= a.interval[1] - a.interval[0]
+    assert a.settled == b.settled  # settling looks at the statistical part only
+    with pytest.raises(ValueError, match="systematic_sigma"):
+        OnlineChangePoint(("low", "high"), systematic_sigma=-0.1)
+
+
 def test_change_point_on_a_clean_ramp(models):
     clean = simulate_ramp(np.linspace(10.0, 50.0, 81), PT, WIDTH, noise=0.003, background=0.05, seed=11)
     tracker = TransitionTracker(models["end_to_end"], two_theta=clean.two_theta, wavelength=clean.wavelength)

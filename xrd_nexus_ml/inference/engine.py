@@ -26,7 +26,7 @@ from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
 from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
 from xrd_nexus_ml.pattern import Diffractogram
-from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint
+from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
 from xrd_nexus_ml.transitions.models import load_model, prepare_frames
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,9 @@ class RunClassifier:
     def __init__(self, engine: InferenceEngine, changepoint_options: dict | None = None):
         self.engine = engine
         options = engine.changepoint_options if changepoint_options is None else changepoint_options
-        self.changepoint = OnlineChangePoint(engine.phase_names, **options)
+        # the phase model's calibrated crossing-point error (from its card), unless set here
+        self.changepoint = OnlineChangePoint(engine.phase_names, **{**systematic_options(engine.phase_model),
+                                                                    **options})
 
     @property
     def estimates(self) -> list[BoundaryEstimate]:

@@ -25,10 +25,11 @@ evaluation of the near ones.
 The estimate of a boundary is the posterior mean of θ with its standard deviation and 95 %
 interval. It is *settled* when the standard deviation is at most `settle_sigma` (default one
 pressure step), the posterior puts >= 99 % of θ inside the observed pressure range, and at
-least `settle_frames` frames on each side of the estimate agree with it. The standard
-deviation is the statistical uncertainty given the classifier's probabilities; a classifier
-that is miscalibrated in the coexistence region shifts θ beyond it (`evaluate` measures the
-real error: for the end-to-end model about 3-5 times sigma).
+least `settle_frames` frames on each side of the estimate agree with it. The posterior's
+standard deviation is the statistical uncertainty given the classifier's probabilities; a
+classifier that is miscalibrated in the coexistence region shifts θ beyond it, so the reported
+sigma adds in quadrature the model's systematic error measured on calibration ramps at training
+time (`calibration`); `sigma_statistical` keeps the posterior's part.
 
 More than two phases: one estimate per boundary between consecutive phases (phases ordered
 by pressure, as the classifier's phase list). Flagged frames (NaN probabilities: bad input)
@@ -61,11 +62,13 @@ class BoundaryEstimate:
     observed: float  # posterior probability that θ lies inside the observed pressure range
     settled: bool
     n_frames: int
+    sigma_statistical: float = float("nan")  # the posterior's part of sigma (without the systematic term)
 
     def to_dict(self) -> dict:
         return {"boundary": self.boundary, "lower": self.lower, "upper": self.upper, "pressure": self.pressure,
-                "sigma": self.sigma, "interval": list(self.interval), "map_pressure": self.map_pressure,
-                "observed": self.observed, "settled": self.settled, "n_frames": self.n_frames}
+                "sigma": self.sigma, "sigma_statistical": self.sigma_statistical, "interval": list(self.interval),
+                "map_pressure": self.map_pressure, "observed": self.observed, "settled": self.settled,
+                "n_frames": self.n_frames}
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -672,6 +675,13 @@ class OnlineChangePoint:
     cells of about R / max_cells to 2 R / max_cells (0.03-0.07 GPa for 50 GPa). Below the
     bound nothing changes.
 
+    systematic_bias, systematic_sigma (GPa): the classifier's own offset of the crossing point
+    from the true transition and its spread, measured on calibration ramps
+    (`calibration.changepoint_calibration`); the bias is subtracted from the estimate, the
+    spread added in quadrature to the posterior's standard deviation in `sigma` and to the
+    half-widths of `interval`. Settling looks at the statistical part only (more frames cannot
+    shrink the systematic one).
+
     `update` adds one frame, `update_many` a batch (the same result to rounding, the estimates
     computed once); `estimates()` is kept until the next frame.
     """
@@ -679,8 +689,15 @@ class OnlineChangePoint:
     def __init__(self, phase_names: Sequence[str] = ("low", "high"), resolution: float | None = None,
                  widths: Sequence[float] | None = None, taus: Sequence[float] = (0.05, 0.1, 0.2, 0.35),
                  error_rate: float = 0.05, settle_sigma: float | None = None, settle_frames: int = 3,
-                 margin: float | None = None, max_cells: int | None = MAX_CELLS):
+                 margin: float | None = None, max_cells: int | None = MAX_CELLS, systematic_sigma: float = 0.0,
+                 systematic_bias: float = 0.0):
         self.phase_names = tuple(str(p) for p in phase_names)
+        if not (math.isfinite(systematic_sigma) and systematic_sigma >= 0.0):
+            raise ValueError(f"systematic_sigma must be a finite number >= 0 (GPa), got {systematic_sigma}")
+        if not math.isfinite(systematic_bias):
+            raise ValueError(f"systematic_bias must be a finite number (GPa), got {systematic_bias}")
+        self.systematic_sigma = float(systematic_sigma)
+        self.systematic_bias = float(systematic_bias)
         if len(self.phase_names) < 2:
             raise ValueError("a change point needs at least two phases")
         if not 0.0 <= error_rate < 1.0:
@@ -812,8 +829,12 @@ class OnlineChangePoint:
         settle_sigma = self.settle_sigma if self.settle_sigma is not None else (self.pressure_step or 0.0)
         below_agree, above_agree = b.agreeing(mean - sigma, mean + sigma)
         settled = sigma <= settle_sigma and observed >= 0.99 and below_agree and above_agree
-        return BoundaryEstimate(k, lower, upper, mean, sigma, interval, float(theta[int(np.argmax(post))]), observed,
-                                bool(settled), b.n_frames)
+        sys95, bias = 1.96 * self.systematic_sigma, self.systematic_bias
+        total = math.hypot(sigma, self.systematic_sigma)
+        interval = (mean - bias - math.hypot(mean - interval[0], sys95),
+                    mean - bias + math.hypot(interval[1] - mean, sys95))
+        return BoundaryEstimate(k, lower, upper, mean - bias, total, interval,
+                                float(theta[int(np.argmax(post))]) - bias, observed, bool(settled), b.n_frames, sigma)
 
     def phase_probability(self, pressure: float) -> np.ndarray:
         """Posterior predictive P(phase | pressure) from the change points (not from one frame)."""
@@ -853,6 +874,13 @@ class FrameRecord:
                 "boundaries": [b.to_dict() for b in self.boundaries]}
 
 
+def systematic_options(model) -> dict:
+    """`OnlineChangePoint` options of a model's calibrated crossing-point error (none if not measured)."""
+    calibration = getattr(model, "changepoint", None) or {}
+    return {"systematic_sigma": float(calibration.get("systematic_sigma_gpa", 0.0)),
+            "systematic_bias": float(calibration.get("bias_gpa", 0.0))}
+
+
 class TransitionTracker:
     """A trained phase classifier + the online change point: one `update(frame, pressure)` per frame.
 
@@ -865,6 +893,7 @@ class TransitionTracker:
         self.model = model
         self.two_theta = None if two_theta is None else np.asarray(two_theta, dtype=float)
         self.wavelength = wavelength
+        changepoint_options = {**systematic_options(model), **changepoint_options}
         self.changepoint = OnlineChangePoint(model.phase_names, **changepoint_options)
         self.records: list[FrameRecord] = []
 

@@ -12,11 +12,14 @@ Protocol (honest by construction):
 3. Every model classifies every frame; the online change point (`changepoint.OnlineChangePoint`)
    receives the frames one by one, in scan order.
 
-Figures per model: frame_accuracy (frames outside every coexistence region, all ramps pooled;
+Figures per model (the change point of each model uses the systematic error measured on its
+own calibration ramps at training time, `calibration`): frame_accuracy (frames outside every coexistence region, all ramps pooled;
 also the worst ramp), frame_accuracy_all (every usable frame, majority phase as truth),
 fraction_mae_coexistence (|P(upper phase) - true fraction| inside the coexistence region),
 transition_error_steps (|estimate - truth| / pressure step after the last frame: mean, max,
-signed bias, share of ramps within one step), sigma_steps (reported uncertainty), and
+signed bias, share of ramps within one step), sigma_steps (reported uncertainty, and its
+statistical part), coverage_2sigma (share of ramps whose error is within twice the reported
+sigma: about 0.95 if it is honest; also for the statistical part alone), and
 frames_to_settle: frames received after the first frame past the true transition until the
 estimate is settled for good (mean and max over the ramps where it settled; `settled_ramps`).
 """
@@ -96,15 +99,17 @@ def evaluate_ramp(model, ramp, frames, injected: dict) -> dict:
         "bad_frames_flagged": all(records[injected[k]].flag is not None for k in ("nan", "zero")),
     }
     final = records[-1].boundaries
-    errors, sigmas, settles = [], [], []
+    errors, sigmas, stat_sigmas, settles = [], [], [], []
     for k, truth_p in enumerate(ramp.transition_pressures):
         est = final[k]
         errors.append((est.pressure - truth_p) / step)
         sigmas.append(est.sigma / step)
+        stat_sigmas.append(est.sigma_statistical / step)
         settle_at = _settle(records, k)
         first_past = int(np.argmax(ramp.pressures > truth_p))
         settles.append(None if settle_at is None else settle_at - first_past)
-    out.update({"transition_error_steps": errors, "sigma_steps": sigmas, "frames_to_settle": settles,
+    out.update({"transition_error_steps": errors, "sigma_steps": sigmas, "sigma_statistical_steps": stat_sigmas,
+                "frames_to_settle": settles,
                 "estimate_gpa": [b.pressure for b in final], "sigma_gpa": [b.sigma for b in final]})
     return out
 
@@ -117,6 +122,7 @@ def _summarise(per_ramp: list[dict]) -> dict:
     coex_t = sum(r["coexistence_total"] for r in per_ramp)
     errors = np.array([e for r in per_ramp for e in r["transition_error_steps"]], dtype=float)
     sigmas = np.array([s for r in per_ramp for s in r["sigma_steps"]], dtype=float)
+    stat_sigmas = np.array([s for r in per_ramp for s in r["sigma_statistical_steps"]], dtype=float)
     settles = [s for r in per_ramp for s in r["frames_to_settle"]]
     settled = [s for s in settles if s is not None]
     finite = np.isfinite(errors)
@@ -132,6 +138,11 @@ def _summarise(per_ramp: list[dict]) -> dict:
         "transition_bias_steps": float(errors[finite].mean()) if finite.any() else float("nan"),
         "within_one_step": float((abs_err <= 1.0).mean()) if abs_err.size else 0.0,
         "sigma_steps": float(np.nanmean(sigmas)) if sigmas.size else float("nan"),
+        "sigma_statistical_steps": float(np.nanmean(stat_sigmas)) if stat_sigmas.size else float("nan"),
+        # is the reported uncertainty honest? share of ramps whose error lies within 2 sigma
+        "coverage_2sigma": float(np.mean(np.abs(errors[finite]) <= 2 * sigmas[finite])) if finite.any() else 0.0,
+        "coverage_2sigma_statistical": float(np.mean(np.abs(errors[finite]) <= 2 * stat_sigmas[finite]))
+        if finite.any() else 0.0,
         "frames_to_settle": float(np.mean(settled)) if settled else None,
         "frames_to_settle_max": int(max(settled)) if settled else None,
         "settled_ramps": len(settled),

@@ -623,6 +623,7 @@ class _Base:
         self.fitted = False
         self.recipe: dict = {}
         self.metrics: dict = {}
+        self.changepoint: dict = {}  # the change point's systematic error on calibration ramps (`calibration`)
 
     @property
     def n_phases(self) -> int:
@@ -715,6 +716,7 @@ class _Base:
             "seed": self.seed,
             "training": self.recipe,
             "metrics": self.metrics,
+            "changepoint": self.changepoint,
             "versions": software_versions(),
         }
 
@@ -728,6 +730,7 @@ class _Base:
             ref = _need(tensors, "alignment.reference", (self.grid.n_points,), source)
             self.alignment.reference = ref.float().numpy()
         self.recipe, self.metrics, self.fitted = card.get("training", {}), card.get("metrics", {}), True
+        self.changepoint = card.get("changepoint", {})
 
     @classmethod
     def _from_bundle(cls, card: dict, tensors: dict[str, torch.Tensor], source: Path):
@@ -1203,9 +1206,12 @@ MODELS: dict[str, type[_Base]] = {
 }
 
 
-def train_models(training_set, seed: int = 0, fast: bool = False) -> dict[str, _Base]:
+def train_models(training_set, seed: int = 0, fast: bool = False,
+                 calibration_ramps: int | None = None) -> dict[str, _Base]:
     """The recipe: the binned vote, the end-to-end network and the cosine baseline, trained on one
-    `ramp.TrainingSet` (patterns with phase fractions). fast: fewer epochs (tests, smoke runs)."""
+    `ramp.TrainingSet` (patterns with phase fractions), then the change point's systematic error
+    of each measured on `calibration_ramps` simulated ramps (default 8, 2 when fast; 0: not
+    measured). fast: fewer epochs (tests, smoke runs)."""
     kwargs = {"two_theta": training_set.two_theta, "wavelength": training_set.wavelength}
     epochs = {"binned_vote": 60, "end_to_end": 80} if fast else {}
     names = training_set.phase_names
@@ -1217,4 +1223,11 @@ def train_models(training_set, seed: int = 0, fast: bool = False) -> dict[str, _
     for model in models.values():
         model.fit(training_set.intensity, training_set.fractions, **kwargs)
         model.recipe["training_set"] = dict(getattr(training_set, "recipe", {}))
+    if calibration_ramps is None:
+        calibration_ramps = 2 if fast else 8
+    if calibration_ramps:
+        from xrd_nexus_ml.transitions.calibration import changepoint_calibration
+
+        for model in models.values():
+            model.changepoint = changepoint_calibration(model, n_ramps=calibration_ramps, seed=seed)
     return models
