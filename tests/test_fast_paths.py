@@ -10,8 +10,8 @@ from xrd_nexus_ml.inference.library import LibraryGate
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram
 from xrd_nexus_ml.preprocess import snip_background
 from xrd_nexus_ml.transitions import CosineBaseline, OnlineChangePoint, phase_fractions, prepare_frames, simulate_ramp
-from xrd_nexus_ml.transitions import models as transition_models
-from xrd_nexus_ml.transitions.models import CompressionAlignment
+from xrd_nexus_ml.transitions import frames as transition_frames
+from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_batched_prepare_matches_frame_by_frame(ramp, monkeypatch):
     kwargs = {"two_theta": ramp.two_theta, "wavelength": ramp.wavelength}
     frames = _bad_frames(ramp)
     one_by_one = []
-    per_frame = transition_models._one_frame
-    monkeypatch.setattr(transition_models, "_one_frame",
+    per_frame = transition_frames._one_frame
+    monkeypatch.setattr(transition_frames, "_one_frame",
                         lambda frame, *a: one_by_one.append(frame) or per_frame(frame, *a))
     fast = prepare_frames(frames, **kwargs)
     assert len(one_by_one) == 1 and one_by_one[0] is frames[15]  # only the one-point frame went frame by frame
@@ -89,16 +89,16 @@ def test_batched_prepare_of_frames_on_the_model_grid_and_of_rejected_axes(ramp):
 
 
 def test_axis_plans_are_cached_and_bounded(ramp):
-    transition_models._PLANS.clear()
+    transition_frames._PLANS.clear()
     kwargs = {"two_theta": ramp.two_theta, "wavelength": ramp.wavelength}
     prepare_frames(ramp.intensity[:4], **kwargs)
-    assert len(transition_models._PLANS) == 1
-    plan = next(iter(transition_models._PLANS.values()))
+    assert len(transition_frames._PLANS) == 1
+    plan = next(iter(transition_frames._PLANS.values()))
     prepare_frames(ramp.intensity[4:8], two_theta=ramp.two_theta.copy(), wavelength=ramp.wavelength)
-    assert len(transition_models._PLANS) == 1 and next(iter(transition_models._PLANS.values())) is plan
-    for k in range(transition_models.PLAN_CACHE_SIZE + 3):
+    assert len(transition_frames._PLANS) == 1 and next(iter(transition_frames._PLANS.values())) is plan
+    for k in range(transition_frames.PLAN_CACHE_SIZE + 3):
         prepare_frames(ramp.intensity[:2], two_theta=ramp.two_theta + 0.001 * (k + 1), wavelength=ramp.wavelength)
-    assert len(transition_models._PLANS) == transition_models.PLAN_CACHE_SIZE
+    assert len(transition_frames._PLANS) == transition_frames.PLAN_CACHE_SIZE
 
 
 # -- compression alignment -------------------------------------------------------------------------------

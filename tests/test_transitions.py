@@ -29,7 +29,7 @@ from xrd_nexus_ml.transitions import (
     simulate_training_set,
     train_models,
 )
-from xrd_nexus_ml.transitions.models import CompressionAlignment
+from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 from xrd_nexus_ml.transitions.ramp import Instrument, b1_structure, simulate_patterns
 
 PT, WIDTH = 30.0, 2.0

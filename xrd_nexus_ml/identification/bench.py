@@ -56,7 +56,7 @@ def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 20
     model = IdentificationModel.load(model_dir)
     identifier = Identifier(model)
     patterns = test_patterns(model, n)
-    from xrd_nexus_ml.transitions.models import prepare_frames
+    from xrd_nexus_ml.transitions.frames import prepare_frames
 
     prepared = prepare_frames(patterns, grid=model.grid)
     inputs = torch.from_numpy(model_input(prepared.x, prepared.mask))

@@ -168,7 +168,7 @@ class Identifier:
     # -- the whole call ----------------------------------------------------------------------
     def identify(self, patterns, elements=None, sources=None) -> list[Identification]:
         """One `Identification` per pattern (`Diffractogram`s or arrays on the model grid)."""
-        from xrd_nexus_ml.transitions.models import prepare_frames
+        from xrd_nexus_ml.transitions.frames import prepare_frames
 
         started = time.perf_counter()
         prepared = prepare_frames(patterns, grid=self.model.grid)

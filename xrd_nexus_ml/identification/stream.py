@@ -15,7 +15,7 @@ approximation that is adequate for augmentation).
 `prepare_inputs` turns patterns into model input: smooth background removed by SNIP over the
 measured span (outside it the pattern is held at its edge values, so SNIP sees no step), then
 max-normalised, then square-rooted (weak peaks carry the identity of minor phases). Measured
-patterns go through `transitions.models.prepare_frames` (the same SNIP width) and then
+patterns go through `transitions.frames.prepare_frames` (the same SNIP width) and then
 `model_input`, so training and measurement see the same transformation.
 """
 

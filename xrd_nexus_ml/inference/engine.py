@@ -27,7 +27,8 @@ from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
 from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
-from xrd_nexus_ml.transitions.models import load_model, prepare_frames
+from xrd_nexus_ml.transitions.frames import prepare_frames
+from xrd_nexus_ml.transitions.models import load_model
 
 log = logging.getLogger(__name__)
 

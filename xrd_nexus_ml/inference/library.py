@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xrd_nexus_ml.transitions.models import CompressionAlignment, PreparedFrames
+from xrd_nexus_ml.transitions.alignment import CompressionAlignment
+from xrd_nexus_ml.transitions.frames import PreparedFrames
 
 DEFAULT_THRESHOLD = 0.82
 

@@ -13,16 +13,15 @@ from xrd_nexus_ml.transitions.changepoint import (
     OnlineChangePoint,
     TransitionTracker,
 )
+from xrd_nexus_ml.transitions.frames import PreparedFrames, prepare_frames
 from xrd_nexus_ml.transitions.models import (
     MODELS,
     BinnedVoteClassifier,
     CosineBaseline,
     EndToEndClassifier,
     ModelBundleError,
-    PreparedFrames,
     believability,
     load_model,
-    prepare_frames,
     train_models,
 )
 from xrd_nexus_ml.transitions.ramp import (

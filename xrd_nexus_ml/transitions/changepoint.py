@@ -886,7 +886,7 @@ class TransitionTracker:
 
     two_theta / wavelength: the detector's nominal axis, for frames given as bare arrays
     (frames of another length are resampled as if they spanned the same range; see
-    `models.prepare_frames`). `Diffractogram` frames carry their own axis.
+    `frames.prepare_frames`). `Diffractogram` frames carry their own axis.
     """
 
     def __init__(self, model, two_theta=None, wavelength: float | None = None, **changepoint_options):
