@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+from training.loop import ReplayBuffer, gradient_step, warmup_cosine
 
 from xrd_nexus_ml.identification.library import PhaseLibrary, split_by_structure
 from xrd_nexus_ml.identification.model import IdentificationModel, phase_record
@@ -86,30 +87,6 @@ def _loader(cache, references, config: BuildConfig, seed: int):
     dataset = _StreamDataset(cache, references, config.batch_size, seed, config.wavelength)
     return iter(DataLoader(dataset, batch_size=None, num_workers=config.workers,
                            persistent_workers=False, prefetch_factor=4 if config.workers else None))
-
-
-class _Replay:
-    """The last `capacity` training patterns, sampled uniformly to fill each step's other half."""
-
-    def __init__(self, capacity: int, shape, generator: torch.Generator):
-        self.x = torch.zeros((capacity, *shape)) if capacity else None
-        self.y = torch.zeros(capacity, dtype=torch.long)
-        self.capacity, self.size, self.head, self.generator = capacity, 0, 0, generator
-
-    def add(self, x, y):
-        if not self.capacity:
-            return
-        n = x.shape[0]
-        idx = (self.head + torch.arange(n)) % self.capacity
-        self.x[idx], self.y[idx] = x, y
-        self.head = int((self.head + n) % self.capacity)
-        self.size = min(self.capacity, self.size + n)
-
-    def sample(self, n):
-        if self.size < n:
-            return None
-        idx = torch.randint(self.size, (n,), generator=self.generator)
-        return self.x[idx], self.y[idx]
 
 
 def _top1(network, inputs, classes_true) -> float:
@@ -188,9 +165,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
                         expert_bin_channels=config.expert_bin_channels)
     train_idx, val_idx = split_by_structure(library, config.val_fraction, config.seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    schedule = warmup_cosine(optimizer, config.steps)
     recipe = json.dumps(asdict(config), sort_keys=True)
     library_hash = library.content_hash()
     step, history, metrics = 0, [], {}
@@ -208,7 +183,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
     if len(val_idx):
         val_inputs, val_refs = _fixed_draws(cache, val_idx, max(128, 8 * len(val_idx)), config.seed + 7919,
                                             config.wavelength)
-    replay = _Replay(config.replay, (2, simulator.grid.n_points), torch.Generator().manual_seed(config.seed + 1))
+    replay = ReplayBuffer(config.replay, (2, simulator.grid.n_points), torch.Generator().manual_seed(config.seed + 1))
     seed = config.seed * 1_000_003 + step
     loader = _loader(cache, train_idx if step < switch else np.arange(len(library)), config, seed)
     bar = None
@@ -231,11 +206,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
                 x, y = torch.cat([x, replayed[0]]), torch.cat([y, replayed[1]])
             coarse, experts = network.routing_targets(y)
             loss, parts = network.training_loss(x, y, coarse, experts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            gradient_step(loss, network, optimizer, schedule)
             step += 1
             if step % 25 == 0 or step == config.steps:
                 history.append([step, round(float(loss.detach()), 4)])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 import tomllib
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training.loop import ReplayBuffer, gradient_step, warmup_cosine
 
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
@@ -164,29 +165,6 @@ class _Source:
         self.iterator = None
 
 
-class _Replay:
-    """The last `capacity` training rows (inputs and labels, -1 for non-crystals), sampled uniformly."""
-
-    def __init__(self, capacity: int, shape, generator: torch.Generator):
-        self.capacity, self.size, self.head, self.generator = capacity, 0, 0, generator
-        self.x = torch.zeros((capacity, *shape)) if capacity else None
-        self.y = torch.zeros((capacity, len(HEADS)), dtype=torch.long)
-
-    def add(self, x, y):
-        if not self.capacity:
-            return
-        idx = (self.head + torch.arange(x.shape[0])) % self.capacity
-        self.x[idx], self.y[idx] = x, y
-        self.head = int((self.head + x.shape[0]) % self.capacity)
-        self.size = min(self.capacity, self.size + x.shape[0])
-
-    def sample(self, n):
-        if self.size < n:
-            return None
-        idx = torch.randint(self.size, (n,), generator=self.generator)
-        return self.x[idx], self.y[idx]
-
-
 def _fresh_rows(batch: dict, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs (n, 2, G), labels (n, 3); -1 rows are non-crystal patterns) of one fresh batch."""
     targets = targets_from_space_groups(batch["space_group"].tolist())
@@ -309,9 +287,7 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
     resnet = config.resnet()
     network = SymmetryClassifier(resnet, head_sizes()).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    schedule = warmup_cosine(optimizer, config.steps)
     recipe = json.dumps({k: v for k, v in asdict(config).items() if k not in ("device", "evaluate_real")},
                         sort_keys=True)
     step, history = 0, []
@@ -334,7 +310,8 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
     seed = (config.seed * 1_000_003 + step) * 64 + rank
     source = _Source(config, seed)
     rng = np.random.default_rng([config.seed, step, rank, 17])
-    replay = _Replay(config.replay, (2, CANONICAL_GRID.n_points), torch.Generator().manual_seed(seed + 1))
+    replay = ReplayBuffer(config.replay, (2, CANONICAL_GRID.n_points), torch.Generator().manual_seed(seed + 1),
+                          y_shape=(len(HEADS),))
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -354,11 +331,7 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = trained(x)
             loss = symmetry_loss(logits, y, config.loss_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
+            gradient_step(loss, network, optimizer, schedule)
             step += 1
             with torch.no_grad():  # running top-1 on the fresh crystals (before this step's update)
                 fresh = y[:n_fresh, 0] >= 0

@@ -385,10 +385,10 @@ def _hardware(device: torch.device) -> dict[str, Any]:
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over 5 % of the steps, then cosine to zero (as `training/identify.py`)."""
-    warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    """The recipes' schedule (`training.loop.warmup_cosine`), so the arms train as the shipped models do."""
+    from training.loop import warmup_cosine
+
+    return warmup_cosine(optimizer, steps)
 
 
 def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int = 0, device: str = "cpu",
