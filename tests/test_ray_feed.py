@@ -88,13 +88,24 @@ def test_finite_generators_end_and_close_is_idempotent(local_ray):
     with pytest.raises(RuntimeError, match="closed"):
         next(feed)
     assert ray.is_initialized()  # the feed reused the fixture's Ray, so it leaves it running
-    for actor in actors:
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.__ray_ready__.remote(), timeout=30)
+    for actor in actors:  # ray.kill is asynchronous: a call may still be answered just after close()
+        assert _dies_within(actor, seconds=30)
     deadline = time.monotonic() + 30  # the producers' CPUs go back to the pool
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+def _dies_within(actor, seconds: float) -> bool:
+    """True once a call to `actor` fails with RayActorError (polled until `seconds` have passed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=seconds)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_missing_ray_asks_for_the_extra(monkeypatch):
