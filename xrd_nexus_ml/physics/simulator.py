@@ -132,6 +132,18 @@ class PowderSimulator:
         grouped by cell volume x atoms (padding in a batch stays small), so the indices say
         which input each row belongs to.
         """
+        for indices, state in self.stream_states(structures, augment, generator, sort_window):
+            yield indices, state.intensity
+
+    def stream_states(
+        self,
+        structures: Iterable,
+        augment=None,
+        generator: torch.Generator | None = None,
+        sort_window: int = 8,
+    ) -> Iterator[tuple[list[int], SimulatedBatch]]:
+        """As `stream`, but each batch's whole `SimulatedBatch` (intensity and mask, e.g. after a
+        pipeline that masks unmeasured ranges)."""
         window: list[tuple[int, CrystalArrays]] = []
         for index, item in enumerate(structures):
             window.append((index, as_crystal_arrays(item)))
@@ -144,8 +156,8 @@ class PowderSimulator:
     def _simulate_window(self, window, augment, generator):
         window.sort(key=lambda pair: _work_estimate(pair[1]))
         for chunk in _balanced_batches(window, self.batch_size):
-            patterns = self.simulate([c for _, c in chunk], augment=augment, generator=generator)
-            yield [i for i, _ in chunk], patterns
+            state = self.run([c for _, c in chunk], augment=augment, generator=generator)
+            yield [i for i, _ in chunk], state
 
     def simulate_all(self, structures: Iterable, augment=None, generator=None, progress: bool = False) -> np.ndarray:
         """All patterns as one (n, n_points) float32 array, in input order (for modest n)."""

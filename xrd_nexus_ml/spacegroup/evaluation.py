@@ -158,27 +158,6 @@ def skipped_pyxtal_files(symprec: float = 0.01) -> list[tuple[str, str]]:
 # -- simulation -----------------------------------------------------------------------------------
 
 
-def _work(crystal) -> float:
-    """Cost of one structure in a batch: reflections (∝ volume) x atoms; batches are padded to the largest."""
-    return crystal.volume * len(crystal.atomic_numbers)
-
-
-def _batches(order: list[int], work: list[float], batch_size: int, max_padding: float = 2.0) -> list[list[int]]:
-    """Cut indices sorted by work into batches; a new one starts when padding would cost > max_padding x."""
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    total = 0.0
-    for i in order:
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * work[i] > max_padding * (total + work[i])):
-            batches.append(batch)
-            batch, total = [], 0.0
-        batch.append(i)
-        total += work[i]
-    if batch:
-        batches.append(batch)
-    return batches
-
-
 def simulate_patterns(
     structures: Sequence,
     imperfections: bool,
@@ -209,10 +188,9 @@ def simulate_patterns(
                                 batch_size=batch_size)
     pipeline = default_pipeline("measured" if imperfections else "clean")
     generator = torch.Generator().manual_seed(int(seed))
-    work = [_work(c) for c in crystals]
-    order = sorted(range(n), key=lambda i: (work[i], i))  # similar sizes together: little padding
-    for rows in _batches(order, work, batch_size):
-        state = simulator.run([crystals[i] for i in rows], augment=pipeline, generator=generator)
+    # one sorting window over all structures: similar sizes share a batch, little padding
+    window = n // batch_size + 1
+    for rows, state in simulator.stream_states(crystals, augment=pipeline, generator=generator, sort_window=window):
         intensity[rows] = state.intensity.cpu().numpy()
         mask[rows] = state.mask.cpu().numpy()
     return intensity, mask
