@@ -89,3 +89,13 @@ def subtract_background(pattern: Diffractogram, width_deg: float = 1.5) -> Diffr
     corrected = np.where(measured, np.clip(pattern.intensity - background, 0.0, None), 0.0)
     metadata = dict(pattern.metadata, background="snip", background_width=width_deg)
     return replace(pattern, intensity=corrected, metadata=metadata)
+
+
+def model_input(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(n, 2, G) float32 network input: √ of the max-normalised pattern (zero outside the mask),
+    and the mask. Every network here reads patterns this way; the square root lifts weak peaks."""
+    mask = np.asarray(mask, dtype=bool)
+    x = np.where(mask, np.clip(np.asarray(x, dtype=np.float32), 0.0, None), 0.0)
+    top = x.max(axis=1, keepdims=True)
+    x = np.sqrt(x / np.where(top > 0, top, 1.0))
+    return np.stack([x, mask.astype(np.float32)], axis=1).astype(np.float32)

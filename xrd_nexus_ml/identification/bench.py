@@ -21,7 +21,7 @@ import torch
 
 from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
 from xrd_nexus_ml.identification.model import IdentificationModel
-from xrd_nexus_ml.identification.stream import model_input
+from xrd_nexus_ml.preprocess import model_input
 
 
 def _cpu_name() -> str:

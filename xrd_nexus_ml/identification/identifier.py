@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.identification.model import IdentificationModel
-from xrd_nexus_ml.identification.stream import model_input
+from xrd_nexus_ml.preprocess import model_input
 
 #: Peak widths (FWHM in Å^-1) tried when a reference is fitted to a measured pattern.
 FIT_WIDTHS_Q = (0.005, 0.01, 0.02, 0.04)

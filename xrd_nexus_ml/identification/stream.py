@@ -45,7 +45,7 @@ from xrd_nexus_ml.physics.augment import (
 )
 from xrd_nexus_ml.physics.profiles import render
 from xrd_nexus_ml.physics.simulator import SimulatedBatch
-from xrd_nexus_ml.preprocess import snip_background
+from xrd_nexus_ml.preprocess import model_input, snip_background
 
 #: SNIP clipping width in Å^-1, as for the transition models (`prepare_frames`' default).
 SNIP_WIDTH_Q = 0.12
@@ -157,14 +157,6 @@ def prepare_inputs(intensity: np.ndarray, mask: np.ndarray, step_q: float,
     background = snip_background(_fill_outside(y, mask), width)
     y = np.where(mask, np.clip(y - background, 0.0, None), 0.0)
     return model_input(y, mask)
-
-
-def model_input(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(n, 2, G) float32: √ of the max-normalised, background-free pattern, and the mask."""
-    x = np.where(mask, np.clip(np.asarray(x, dtype=np.float32), 0.0, None), 0.0)
-    top = x.max(axis=1, keepdims=True)
-    x = np.sqrt(x / np.where(top > 0, top, 1.0))
-    return np.stack([x, mask.astype(np.float32)], axis=1).astype(np.float32)
 
 
 @dataclass

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.bundle import WEIGHTS_FILE, load_state, read_bundle, software_versions, write_bundle
+from xrd_nexus_ml import preprocess
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
 from xrd_nexus_ml.pattern import QGrid
@@ -46,15 +47,9 @@ def targets_from_space_groups(space_groups) -> dict[str, torch.Tensor]:
 
 
 def model_input(intensity: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(n, 2, G) float32: √ of the max-normalised intensity over the mask, and the mask."""
-    x = torch.as_tensor(np.asarray(intensity, dtype=np.float32) if not torch.is_tensor(intensity) else intensity)
-    m = torch.as_tensor(mask).to(torch.bool)
-    if x.ndim == 1:
-        x, m = x[None], m[None]
-    x = torch.where(m, x.float().clamp_min(0.0), torch.zeros((), dtype=torch.float32))
-    top = x.amax(dim=1, keepdim=True)
-    x = torch.sqrt(x / torch.where(top > 0, top, torch.ones_like(top)))
-    return torch.stack([x, m.float()], dim=1)
+    """(n, 2, G) float32 tensor of `preprocess.model_input` (one pattern or a stack; arrays or tensors)."""
+    return torch.from_numpy(preprocess.model_input(np.atleast_2d(np.asarray(intensity)),
+                                                   np.atleast_2d(np.asarray(mask, dtype=bool))))
 
 
 @dataclass
