@@ -123,15 +123,18 @@ def load_config(path=None, **overrides) -> TrainConfig:
 
 
 # -- data ------------------------------------------------------------------------------------
-def synthetic_batches(generator_options: dict, batch_size: int, wavelength: str, seed: int, actor_index: int = 0):
-    """Endless batches of augmented synthetic crystals (module level: Ray ships it to actors)."""
+def synthetic_stream(generator_options: dict, batch_size: int, wavelength: str, seed: int):
+    """The endless `PatternStream` of augmented synthetic crystals every path trains on."""
     from training.streams import PatternStream, SyntheticSource
     from xrd_nexus_ml.physics.augment import default_pipeline
 
-    stream = PatternStream(SyntheticSource(generator_options), batch_size=batch_size,
-                           augment=default_pipeline("measured"), wavelength=wavelength,
-                           seed=seed * 1009 + actor_index)
-    yield from stream
+    return PatternStream(SyntheticSource(generator_options), batch_size=batch_size,
+                         augment=default_pipeline("measured"), wavelength=wavelength, seed=seed)
+
+
+def synthetic_batches(generator_options: dict, batch_size: int, wavelength: str, seed: int, actor_index: int = 0):
+    """Batches of `synthetic_stream` seeded per Ray actor (module level: Ray ships it to actors)."""
+    yield from synthetic_stream(generator_options, batch_size, wavelength, seed * 1009 + actor_index)
 
 
 class _Source:
@@ -148,11 +151,8 @@ class _Source:
             self.iterator = iter(self.feed)
         else:
             from torch.utils.data import DataLoader
-            from training.streams import PatternStream, SyntheticSource
-            from xrd_nexus_ml.physics.augment import default_pipeline
 
-            stream = PatternStream(SyntheticSource(config.generator_options()), batch_size=config.batch_size,
-                                   augment=default_pipeline("measured"), wavelength=config.wavelength, seed=seed)
+            stream = synthetic_stream(config.generator_options(), config.batch_size, config.wavelength, seed)
             self.iterator = iter(DataLoader(stream, batch_size=None, num_workers=config.workers,
                                             prefetch_factor=4 if config.workers else None))
 
@@ -165,12 +165,13 @@ class _Source:
         self.iterator = None
 
 
-def _fresh_rows(batch: dict, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _fresh_rows(batch: dict, non_crystal_fraction: float,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs (n, 2, G), labels (n, 3); -1 rows are non-crystal patterns) of one fresh batch."""
     targets = targets_from_space_groups(batch["space_group"].tolist())
     x = model_input(batch["intensity"], batch["mask"])
     y = torch.stack([targets[h] for h in HEADS], dim=1)
-    n_neg = int(round(config.non_crystal_fraction * x.shape[0]))
+    n_neg = int(round(non_crystal_fraction * x.shape[0]))
     if n_neg:
         inten, mask = non_crystal_patterns(n_neg, CANONICAL_GRID, rng)
         x = torch.cat([x, model_input(inten, mask)])
@@ -198,7 +199,7 @@ def _draw_fixed(config: TrainConfig, n: int, seed: int) -> tuple[torch.Tensor, t
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for batch in synthetic_batches(config.generator_options(), min(128, n), config.wavelength, seed):
-        x, y = _fresh_rows(batch, TrainConfig(**{**asdict(config), "non_crystal_fraction": 0.125}), rng)
+        x, y = _fresh_rows(batch, 0.125, rng)
         xs.append(x)
         ys.append(y)
         if sum(len(v) for v in ys) >= n * 1.125:
@@ -247,7 +248,9 @@ def calibrate(model: SpaceGroupModel, inputs: torch.Tensor, labels: torch.Tensor
 # -- the run ---------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from xrd_nexus_ml.physics.simulator import default_device
+
+        return default_device()
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingConfigError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
@@ -321,7 +324,7 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
     correct = seen = 0
     try:
         while step < last_step:
-            x, y = _fresh_rows(next(source), config, rng)
+            x, y = _fresh_rows(next(source), config.non_crystal_fraction, rng)
             n_fresh = x.shape[0]
             replayed = replay.sample(n_fresh)
             replay.add(x, y)

@@ -96,7 +96,9 @@ def evaluate_spacegroup(model_path=None, patterns=None, labels=None, wavelength=
 
 def _resolve_device(name: str) -> str:
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        from xrd_nexus_ml.physics.simulator import default_device
+
+        return str(default_device())
     return name
 
 
