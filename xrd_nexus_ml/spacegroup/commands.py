@@ -86,7 +86,7 @@ def evaluate_spacegroup(model_path=None, patterns=None, labels=None, wavelength=
     measured = read_measured(patterns, labels, wavelength)
     probs, per_pattern = _timed_probabilities(model, measured.intensity, measured.mask)
     result = score(probs, np.asarray(measured.space_group))
-    predictions = model.predict(measured.intensity, measured.mask, top_k=5)
+    predictions = model.predictions(probs, top_k=5)
     result["patterns"] = [{"file": name, "space_group": int(sg), "predicted": p.space_groups[0][0],
                            "top5": [n for n, _, _ in p.space_groups], "crystalline": p.crystalline}
                           for name, sg, p in zip(measured.names, measured.space_group, predictions)]

@@ -106,7 +106,10 @@ class SpaceGroupModel:
 
     def predict(self, intensity, mask, top_k: int = 5) -> list[SpaceGroupPrediction]:
         """One prediction per pattern (rows of intensity/mask on the model grid)."""
-        probs = self.probabilities(model_input(intensity, mask))
+        return self.predictions(self.probabilities(model_input(intensity, mask)), top_k)
+
+    def predictions(self, probs: dict[str, np.ndarray], top_k: int = 5) -> list[SpaceGroupPrediction]:
+        """Top-k per head and the crystallinity flag from `probabilities`' output."""
         out = []
         for i in range(probs["space_group"].shape[0]):
             sg, ext, cs = probs["space_group"][i], probs["extinction_group"][i], probs["crystal_system"][i]
