@@ -46,9 +46,7 @@ from xrd_nexus_ml.physics.augment import (
 from xrd_nexus_ml.physics.profiles import render
 from xrd_nexus_ml.physics.simulator import SimulatedBatch
 from xrd_nexus_ml.preprocess import model_input, snip_background
-
-#: SNIP clipping width in Å^-1, as for the transition models (`prepare_frames`' default).
-SNIP_WIDTH_Q = 0.12
+from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q  # the SNIP window of training and inference
 #: λ(Kα2)/λ(Kα1) of a copper tube: a Kα2 line sits at q × this ratio on the Kα1 q axis.
 CU_KALPHA2_RATIO = 1.54439 / 1.54056
 

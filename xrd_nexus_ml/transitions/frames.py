@@ -24,6 +24,10 @@ from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid
 from xrd_nexus_ml.preprocess import snip_background
 
 
+#: SNIP background window (Å⁻¹) of every model that reads background-free frames.
+SNIP_WIDTH_Q = 0.12
+
+
 @dataclass
 class PreparedFrames:
     """Model input: x (n, G) float32 in [0, 1] on the model grid, mask (n, G) of measured points,
@@ -56,7 +60,7 @@ def _frame_flag(y: np.ndarray) -> str | None:
     return None
 
 
-def _one_frame(frame, two_theta, wavelength, grid: QGrid, snip_width_q: float):
+def _one_frame(frame, two_theta, wavelength, grid: QGrid, snip_width_q: float | None):
     """(x, mask, flag, note) of one frame on the model grid."""
     note = None
     if isinstance(frame, Diffractogram):
@@ -91,10 +95,12 @@ def _one_frame(frame, two_theta, wavelength, grid: QGrid, snip_width_q: float):
     if mask.sum() < 8:
         return None, None, "out_of_range", note
     y = np.where(mask, resampled.intensity, 0.0)
-    width = max(1, int(round(snip_width_q / grid.step)))
-    background = np.zeros_like(y)
-    background[mask] = snip_background(y[mask], width)
-    y = np.where(mask, np.clip(y - background, 0.0, None), 0.0)
+    if snip_width_q is not None:
+        width = max(1, int(round(snip_width_q / grid.step)))
+        background = np.zeros_like(y)
+        background[mask] = snip_background(y[mask], width)
+        y = y - background
+    y = np.where(mask, np.clip(y, 0.0, None), 0.0)
     top = y.max()
     if not top > 0:
         return None, None, "zero", note
@@ -102,8 +108,11 @@ def _one_frame(frame, two_theta, wavelength, grid: QGrid, snip_width_q: float):
 
 
 def prepare_frames(frames, grid: QGrid = CANONICAL_GRID, two_theta=None, wavelength: float | None = None,
-                   snip_width_q: float = 0.12, batched: bool = True) -> PreparedFrames:
+                   snip_width_q: float | None = SNIP_WIDTH_Q, batched: bool = True) -> PreparedFrames:
     """Frames onto the model grid, background removed and max-normalised; bad frames flagged.
+
+    snip_width_q: the SNIP window (Å⁻¹); None keeps the background (clipped at 0 and
+    max-normalised only: the space-group network was trained on patterns with backgrounds).
 
     frames: a `Ramp`, a `PreparedFrames` (returned as is), a (n, G) array, or a sequence of
     1-D arrays and/or `Diffractogram`s. Arrays are on the detector's `two_theta` axis
@@ -174,7 +183,7 @@ class _AxisPlan:
     hi: int
     left: np.ndarray
     weight: np.ndarray
-    width: int
+    width: int  # SNIP window in grid points; 0: the background is kept
 
 
 _PLANS: OrderedDict = OrderedDict()
@@ -183,10 +192,10 @@ _PLANS_LOCK = threading.Lock()
 PLAN_CACHE_SIZE = 16
 
 
-def _axis_plan(kind: str, axis: np.ndarray, wavelength, grid: QGrid, snip_width_q: float) -> _AxisPlan | None:
+def _axis_plan(kind: str, axis: np.ndarray, wavelength, grid: QGrid, snip_width_q: float | None) -> _AxisPlan | None:
     """The plan of an axis, from the cache or built; None for an axis a `Diffractogram` rejects
     (its frames then go frame by frame, which flags them as before)."""
-    key = (kind, axis.size, hash(axis.tobytes()), wavelength, grid, float(snip_width_q))
+    key = (kind, axis.size, hash(axis.tobytes()), wavelength, grid, snip_width_q)
     with _PLANS_LOCK:
         plan = _PLANS.get(key)
         if plan is not None and np.array_equal(plan.axis, axis):
@@ -197,7 +206,7 @@ def _axis_plan(kind: str, axis: np.ndarray, wavelength, grid: QGrid, snip_width_
         q = pattern.q
     except PatternError:
         return None
-    width = max(1, int(round(snip_width_q / grid.step)))
+    width = 0 if snip_width_q is None else max(1, int(round(snip_width_q / grid.step)))
     target = grid.values
     inside = np.flatnonzero((target >= q[0]) & (target <= q[-1]))
     if q[-1] < grid.q_min or q[0] > grid.q_max or inside.size < 8:
@@ -277,7 +286,7 @@ def _batch_groups(frames, two_theta, wavelength, grid: QGrid) -> list[_Group]:
     return list(groups.values())
 
 
-def _prepare_group(group: _Group, grid: QGrid, snip_width_q: float, x: np.ndarray, mask: np.ndarray,
+def _prepare_group(group: _Group, grid: QGrid, snip_width_q: float | None, x: np.ndarray, mask: np.ndarray,
                    flags: list, notes: list) -> bool:
     """Fill rows `group.index` of x, mask, flags, notes; False if the axis needs the per-frame path."""
     plan = _axis_plan(group.kind, group.axis, group.wavelength, grid, snip_width_q)
@@ -311,7 +320,7 @@ def _prepare_group(group: _Group, grid: QGrid, snip_width_q: float, x: np.ndarra
     resampled -= a
     resampled *= plan.weight
     resampled += a  # = np.interp(grid, q, row) on [lo, hi)
-    corrected = resampled - snip_background(resampled, plan.width)
+    corrected = resampled - snip_background(resampled, plan.width) if plan.width else resampled
     np.clip(corrected, 0.0, None, out=corrected)
     top = corrected.max(1)
     good = top > 0
