@@ -113,6 +113,13 @@ def _predictions_summary(entry, process, pressure: np.ndarray) -> dict:
     sg_counts: dict[str, int] = {}
     for value in sg[classified & (sg > 0)]:
         sg_counts[str(int(value))] = sg_counts.get(str(int(value)), 0) + 1
+    material_counts: dict[str, int] = {}
+    material_out = 0
+    if "material" in results:  # written since the identification model runs live (optional in NXxrd_ml)
+        for value in np.array(_texts(results, "material"))[classified]:
+            if value:
+                material_counts[str(value)] = material_counts.get(str(value), 0) + 1
+        material_out = int((np.asarray(results["material_out_of_library"][()], dtype=bool) & predicted).sum())
     tp = np.asarray(results["transition_pressure"][()], dtype=float)
     tpu = np.asarray(results["transition_pressure_uncertainty"][()], dtype=float)
     last = [i for i in np.flatnonzero(predicted) if math.isfinite(tp[i])]
@@ -135,6 +142,8 @@ def _predictions_summary(entry, process, pressure: np.ndarray) -> dict:
         "phase_counts": counts,
         "phase_segments": segments,
         "space_group_counts": sg_counts,
+        "material_counts": material_counts,
+        "frames_material_out_of_library": material_out,
         "transition_pressure": {"value": _number(tp[last[-1]]) if last else None,
                                 "uncertainty": _number(tpu[last[-1]]) if last else None, "unit": "GPa"},
         "latency_median": {"value": _number(np.median(latency)) if latency.size else None, "unit": "ms"},

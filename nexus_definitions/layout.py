@@ -126,7 +126,8 @@ NO_PREDICTION = "no_prediction"
 #: strings keep every dataset safe for SWMR readers (variable-length strings written in SWMR
 #: mode break them); `error` and the stop document are cut (with "...") to their length, any
 #: other value that does not fit is an error.
-STRING_LENGTHS = {"raw_uid": 64, "flag": 32, "error": 1024, "phase": 256, "model_ids": 1024, "model_field": 1024}
+STRING_LENGTHS = {"raw_uid": 64, "flag": 32, "error": 1024, "phase": 256, "crystal_system": 16, "material": 256,
+                  "model_ids": 1024, "model_field": 1024}
 STOP_LENGTH = 16384
 EXIT_STATUS_LENGTH = 32
 FILE_NAME_LENGTH = 1024
@@ -159,6 +160,10 @@ PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("library_similarity", "library_similarity", "float", math.nan, units=""),
     PredictionField("space_group_number", "space_group_number", "int", 0),
     PredictionField("space_group_probability", "space_group_probability", "float", math.nan, units=""),
+    PredictionField("crystal_system", "crystal_system", "str", ""),
+    PredictionField("material", "material", "str", ""),
+    PredictionField("material_probability", "material_probability", "float", math.nan, units=""),
+    PredictionField("material_out_of_library", "material_out_of_library", "bool", False),
     PredictionField("transition_probability", "transition_probability", "float", math.nan, units=""),
     PredictionField("transition_pressure", "transition_pressure", "float", math.nan, units="GPa"),
     PredictionField("transition_pressure_uncertainty", "transition_pressure_uncertainty", "float", math.nan,

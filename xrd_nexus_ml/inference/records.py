@@ -45,7 +45,9 @@ class FramePrediction:
 
     phase_probabilities are over `phase_names` of the run (the derived run's start document
     carries them); top_k_index points into the same list. NaN marks "no value" for floats,
-    0 "unknown" for the space-group number, "" "none" for strings.
+    0 "unknown" for the space-group number, "" "none" for strings. The space-group and
+    material fields come from optional models: when one of those raises, its fields stay
+    empty, `error` names it, and the phase and transition fields are kept (flag "").
     """
 
     seq_num: int
@@ -61,6 +63,10 @@ class FramePrediction:
     library_similarity: float = math.nan
     space_group_number: int = 0
     space_group_probability: float = math.nan
+    crystal_system: str = ""  # most probable crystal system ("" when no space-group prediction)
+    material: str = ""  # identified phases' formulas joined by "+" ("" when none was identified)
+    material_probability: float = math.nan  # calibrated probability of the first identified phase
+    material_out_of_library: bool = False  # no phase of the identification library explains the frame
     transition_probability: float = math.nan  # P(frame lies above the first transition)
     transition_pressure: float = math.nan  # running estimate after this frame's batch, GPa
     transition_pressure_uncertainty: float = math.nan  # 1 sigma, GPa
@@ -95,6 +101,10 @@ class FramePrediction:
             "library_similarity": float(self.library_similarity),
             "space_group_number": int(self.space_group_number),
             "space_group_probability": float(self.space_group_probability),
+            "crystal_system": self.crystal_system,
+            "material": self.material,
+            "material_probability": float(self.material_probability),
+            "material_out_of_library": bool(self.material_out_of_library),
             "transition_probability": float(self.transition_probability),
             "transition_pressure": float(self.transition_pressure),
             "transition_pressure_uncertainty": float(self.transition_pressure_uncertainty),
@@ -143,12 +153,18 @@ def event_data_keys(n_phases: int, top_k: int) -> dict[str, dict]:
         "library_similarity": _key("number", "<f8", [], None, "best cosine similarity to the model's reference patterns"),
         "space_group_number": _key("integer", "<i8", [], None, "predicted space group (0: no space-group model)"),
         "space_group_probability": _key("number", "<f8", [], None, "probability of space_group_number"),
+        "crystal_system": _key("string", None, [], None, "most probable crystal system ('' when none)"),
+        "material": _key("string", None, [], None, "identified phases (formulas joined by '+'; '' when none)"),
+        "material_probability": _key("number", "<f8", [], None, "probability of the first identified phase"),
+        "material_out_of_library": _key("boolean", "|b1", [], None,
+                                        "no phase of the identification library explains the frame"),
         "transition_probability": _key("number", "<f8", [], None, "probability that the frame lies above the first transition"),
         "transition_pressure": _key("number", "<f8", [], "GPa", "running transition-pressure estimate after this frame"),
         "transition_pressure_uncertainty": _key("number", "<f8", [], "GPa", "1-sigma uncertainty of transition_pressure"),
         "flag": _key("string", None, [], None, "'' or why the frame was not (fully) classified: " + ", ".join(
             f"{k}: {v}" for k, v in FLAGS.items() if k)),
-        "error": _key("string", None, [], None, "the model's error message when flag == 'error'"),
+        "error": _key("string", None, [], None, "message of a model that raised (flag 'error' when the phase "
+                      "model did; a space-group or identification error leaves only its own fields empty)"),
         "latency": _key("number", "<f8", [], "ms", "time from the frame reaching the classifier to its prediction"),
         "model_ids": _key("string", None, [], None, "';'-joined ids of the models that ran"),
     }
