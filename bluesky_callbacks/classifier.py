@@ -38,7 +38,9 @@ class FrameKeys:
     pattern: the 1D intensity (its 2θ axis, degrees, is `<device>_two_theta` in the device's
     configuration, or the callback's `two_theta`). energy (keV) or wavelength (Å): an event key,
     else `<device>_energy`/`<device>_wavelength` in the configuration, else the start document's
-    `energy_kev`/`wavelength`. pressure (GPa): an event key, else the last value seen.
+    `energy_kev`/`wavelength`. pressure (GPa): an event key, else the last value seen. The
+    elements that may be present (for material identification) come from the start document's
+    `elements` or `sample["elements"]`.
     """
 
     pattern: str = "detector_pattern"
@@ -132,10 +134,12 @@ class ClassifierCallback(event_model.DocumentRouter):
             return
         self.external("start", doc)
         engine = self.engine
+        elements = _sample_elements(doc)
         metadata = {"original_run_uid": doc["uid"], "plan_name": "xrd_nexus_ml.classify",
-                    "title": f"predictions for {doc.get('title') or doc['uid']}", **engine.describe()}
+                    "title": f"predictions for {doc.get('title') or doc['uid']}", **engine.describe(),
+                    **({"elements": elements} if elements else {})}
         bundle = event_model.compose_run(metadata=metadata)
-        run = _Run(raw_uid=doc["uid"], bundle=bundle, classifier=engine.new_run(self.changepoint_options),
+        run = _Run(raw_uid=doc["uid"], bundle=bundle, classifier=engine.new_run(self.changepoint_options, elements),
                    start_wavelength=_start_wavelength(doc, self.wavelength))
         self._runs[doc["uid"]] = run
         self._latest = run
@@ -436,6 +440,17 @@ def _owner(descriptor: dict, key: str) -> str | None:
         if key in keys:
             return device
     return None
+
+
+def _sample_elements(start: dict) -> list[str] | None:
+    """The elements the run says may be present (`elements`, or `sample.elements`: a list or
+    "Mg,Fe,O"); they restrict material identification. None: any element."""
+    sample = start.get("sample")
+    value = start.get("elements") or (sample.get("elements") if isinstance(sample, dict) else None)
+    if isinstance(value, str):
+        value = value.split(",")
+    elements = [str(e).strip() for e in value or () if str(e).strip()]
+    return elements or None
 
 
 def _start_wavelength(start: dict, default: float | None) -> float | None:

@@ -15,22 +15,25 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-SAMPLE = {"name": "ferropericlase (Mg0.2Fe0.8)O", "chemical_formula": "Mg0.2Fe0.8O"}
+SAMPLE = {"name": "ferropericlase (Mg0.2Fe0.8)O", "chemical_formula": "Mg0.2Fe0.8O", "elements": ["Mg", "Fe", "O"]}
 
 
 def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, device: str = "auto",
              transition_pressure: float = 31.0, precision: float = 0.5, noise: float = 0.02, seed: int = 0,
-             store: bool = True, area_detector: bool = False) -> dict:
+             store: bool = True, area_detector: bool = False, spacegroup_model: str | None = "default",
+             identification_model: str | None = "default") -> dict:
     """Run the scan and write everything under `out`; returns the summary.
 
     area_detector: classify the pyFAI-integrated frames of the simulated 2D detector instead of
-    the 1D detector's patterns."""
+    the 1D detector's patterns. spacegroup_model / identification_model: the optional live
+    models (`InferenceEngine.from_bundles`; None or "none": not run)."""
     from bluesky import RunEngine
 
     from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
@@ -48,7 +51,8 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     beamline = make_beamline(sample, settle_time=0.0, area_detector=area_detector)
     detector = beamline.area_detector if area_detector else beamline.detector
     pattern_key = f"{detector.name}_integrated" if area_detector else f"{detector.name}_pattern"
-    engine = InferenceEngine.from_bundles(device=device)
+    engine = InferenceEngine.from_bundles(device=device, spacegroup_model=spacegroup_model,
+                                          identification_model=identification_model)
     policy = SteeringPolicy(start=5.0, stop=55.0, precision=precision, max_frames=max_frames)
     classifier = ClassifierCallback(engine, FrameKeys(pattern=pattern_key),
                                     changepoint_options=policy.changepoint_options())
@@ -113,6 +117,10 @@ def _read_back(run_store, uid: str, device: str, pattern_key: str) -> dict:
             run_store[uid]["primary"].metadata["configuration"][device]["data"][f"{device}_two_theta"]),
         "pressure": np.asarray(raw["pressure"]),
         "phase": [str(v) for v in np.asarray(pred["phase"])[order]],
+        "space_group_number": np.asarray(pred["space_group_number"])[order],
+        "crystal_system": [str(v) for v in np.asarray(pred["crystal_system"])[order]],
+        "material": [str(v) for v in np.asarray(pred["material"])[order]],
+        "material_out_of_library": np.asarray(pred["material_out_of_library"])[order],
         "transition_probability": np.asarray(pred["transition_probability"])[order],
         "transition_pressure": np.asarray(pred["transition_pressure"])[order],
         "transition_pressure_uncertainty": np.asarray(pred["transition_pressure_uncertainty"])[order],
@@ -135,6 +143,10 @@ def _read_nexus(path: Path) -> dict:
         results = entry[f"{L.PREDICTIONS}/{L.PROCESS_RESULTS}"]
         return {"intensity": entry[L.PATTERN][()], "two_theta": entry[L.TWO_THETA][()],
                 "pressure": entry[L.PRESSURE][()], "phase": [decode(v) for v in results["phase"][()]],
+                "space_group_number": results["space_group_number"][()],
+                "crystal_system": [decode(v) for v in results["crystal_system"][()]],
+                "material": [decode(v) for v in results["material"][()]],
+                "material_out_of_library": results["material_out_of_library"][()],
                 "transition_probability": results["transition_probability"][()],
                 "transition_pressure": results["transition_pressure"][()],
                 "transition_pressure_uncertainty": results["transition_pressure_uncertainty"][()],
@@ -148,9 +160,11 @@ def _summarise(frames: dict, counts: dict, steering: bool, precision: float, tru
     pressure = frames["pressure"]
     phases = {}
     for name in frames["phase_names"]:
-        at = pressure[[p == name for p in frames["phase"]]]
+        where = np.array([p == name for p in frames["phase"]], dtype=bool)
+        at = pressure[where]
         if at.size:
-            phases[name] = {"frames": int(at.size), "pressure_range_gpa": [float(at.min()), float(at.max())]}
+            phases[name] = {"frames": int(at.size), "pressure_range_gpa": [float(at.min()), float(at.max())],
+                            **_companions(frames, where)}
     estimate = float(frames["transition_pressure"][-1])
     sigma = float(frames["transition_pressure_uncertainty"][-1])
     return {
@@ -175,6 +189,26 @@ def _summarise(frames: dict, counts: dict, steering: bool, precision: float, tru
         "device": str(engine.device),
         "seconds": round(seconds, 1),
     }
+
+
+def _most_common(values) -> tuple[object, int]:
+    """(value, count) of the most frequent value; (None, 0) for none."""
+    counted = Counter(values).most_common(1)
+    return counted[0] if counted else (None, 0)
+
+
+def _companions(frames: dict, where: np.ndarray) -> dict:
+    """What the space-group and identification models said most often over some frames."""
+    numbers = [int(v) for v in np.asarray(frames["space_group_number"])[where] if int(v) > 0]
+    systems = [s for s, w in zip(frames["crystal_system"], where) if w and s]
+    named = [m for m, w in zip(frames["material"], where) if w and m]
+    space_group, sg_frames = _most_common(numbers)
+    system, system_frames = _most_common(systems)
+    material, material_frames = _most_common(named)
+    return {"space_group": space_group, "space_group_frames": sg_frames,
+            "crystal_system": system, "crystal_system_frames": system_frames,
+            "material": material, "material_frames": material_frames,
+            "material_out_of_library_frames": int(np.asarray(frames["material_out_of_library"])[where].sum())}
 
 
 def plot_demo(frames: dict, summary: dict, path: Path) -> None:
@@ -226,10 +260,21 @@ def print_table(summary: dict) -> None:
     print(f"{summary['steering']} pressure ramp: {summary['frames']} frames "
           f"({summary['classification'].get('classified', 0)} classified, {summary['classification'].get('shed', 0)} "
           f"shed, {summary['classification'].get('errors', 0)} errors), {summary['seconds']} s on {summary['device']}")
-    print(f"{'phase':<8}{'frames':>8}  pressure range (GPa)")
+    from xrd_nexus_ml.physics.symmetry import space_group_symbol
+
+    print(f"{'phase':<8}{'frames':>6}  {'pressure (GPa)':<17}{'space group':<20}{'crystal system':<20}material")
     for name, info in summary["phases"].items():
         lo, hi = info["pressure_range_gpa"]
-        print(f"{name:<8}{info['frames']:>8}  {lo:6.2f} - {hi:6.2f}")
+        n = info["frames"]
+        space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} ({info['space_group_frames']}/{n})"
+                       if info["space_group"] else "-")
+        system = f"{info['crystal_system']} ({info['crystal_system_frames']}/{n})" if info["crystal_system"] else "-"
+        if info["material"]:
+            material = f"{info['material']} ({info['material_frames']}/{n})"
+        else:
+            material = f"out of library ({info['material_out_of_library_frames']}/{n})" \
+                if info["material_out_of_library_frames"] else "-"
+        print(f"{name:<8}{n:>6}  {f'{lo:.2f} - {hi:.2f}':<17}{space_group:<20}{system:<20}{material}")
     print(f"transition pressure: {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f}"
           f" GPa (1σ; simulated truth {summary['true_transition_pressure_gpa']:.2f}, requested precision "
           f"{summary['requested_precision_gpa']} GPa)")
@@ -241,7 +286,8 @@ def print_table(summary: dict) -> None:
 def cmd_demo(args) -> int:
     summary = run_demo(args.out, steering=not args.no_steering, max_frames=args.frames, device=args.device,
                        transition_pressure=args.transition_pressure, precision=args.precision, seed=args.seed,
-                       store=not args.no_store, area_detector=args.area_detector)
+                       store=not args.no_store, area_detector=args.area_detector,
+                       spacegroup_model=args.spacegroup_model, identification_model=args.identification_model)
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
     else:

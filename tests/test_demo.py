@@ -22,6 +22,13 @@ def test_demo_locates_the_transition_and_leaves_a_valid_nexus_file_and_stored_ru
     assert set(summary["phases"]) == {"B1", "rB1"}
     assert summary["phases"]["B1"]["pressure_range_gpa"][1] < summary["phases"]["rB1"]["pressure_range_gpa"][0]
     assert summary["classification"]["classified"] == summary["frames"] and summary["classification"]["shed"] == 0
+    # the space-group and identification models ran live on every frame
+    assert {"space_group", "material_identification"} <= {m.split("/")[0] for m in summary["models"]}
+    low = summary["phases"]["B1"]
+    assert low["crystal_system"] == "cubic" and 1 <= low["space_group"] <= 230
+    # the sample's elements (Mg, Fe, O) leave no phase of the default library that fits: out of library
+    for info in summary["phases"].values():
+        assert info["material"] is None and info["material_out_of_library_frames"] == info["frames"]
     assert summary["nexus_valid"], summary["nexus_errors"]
     assert summary["read_back_from"] == "tiled store"
     assert (tmp_path / "demo.png").stat().st_size > 20_000
@@ -31,6 +38,8 @@ def test_demo_locates_the_transition_and_leaves_a_valid_nexus_file_and_stored_ru
         entry = f["entry"]
         assert entry["sample/pressure"].shape[0] == summary["frames"]
         assert list(entry["predictions/results/sequence_number"][()]) == list(range(1, summary["frames"] + 1))
+        assert entry["predictions/results/material_out_of_library"][()].all()
+        assert (entry["predictions/results/space_group_number"][()] > 0).sum() >= low["space_group_frames"]
     record = export_record(summary["nexus_file"])
     assert validate_record(record) == []
 
@@ -39,6 +48,7 @@ def test_demo_locates_the_transition_and_leaves_a_valid_nexus_file_and_stored_ru
         assert raw["primary"].read()["detector_pattern"].shape == (summary["frames"], 4023)
         derived = store.derived_runs(summary["raw_run_uid"])
         assert len(derived) == 1
+        assert derived[0].metadata["start"]["elements"] == ["Mg", "Fe", "O"]  # what restricted identification
         phases = np.asarray(derived[0]["primary"].read()["phase"])
         assert set(phases) == {"B1", "rB1"}
 

@@ -187,6 +187,14 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
+def _add_live_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The optional models the live classifier runs beside the phase-transition model."""
+    p.add_argument("--spacegroup-model", default="default",
+                   help="space-group model: a bundle folder, 'default' (shipped) or 'none'")
+    p.add_argument("--identification-model", default="default",
+                   help="material-identification model: a bundle folder, a shipped name ('default') or 'none'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrd-nexus-ml",
@@ -206,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-store", action="store_true", help="skip the embedded tiled store")
     p.add_argument("--area-detector", action="store_true",
                    help="classify the pyFAI-integrated frames of the simulated 2D detector")
+    _add_live_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_live_demo)
 
@@ -269,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-frames", type=int, default=5000, help="frames of each side-by-side run")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default="auto")
+    b.add_argument("--spacegroup-model", default="none", help="also run it live: 'default' or a folder")
+    b.add_argument("--identification-model", default="none", help="also run it live: 'default' or a folder")
     b.add_argument("--json", action="store_true", help="(always JSON)")
     b.set_defaults(func=cmd_bench_callback)
 
@@ -293,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queue", type=int, default=4096, help="frames waiting before new ones are shed")
+    _add_live_model_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("classify", help="identify the phases of pattern files; NeXus files: phase-transition "

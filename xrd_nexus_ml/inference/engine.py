@@ -1,9 +1,9 @@
 """The inference engine: model bundles loaded once, frames in, `FramePrediction` records out.
 
-`InferenceEngine` holds the models (phase classifier, open-set gate, and whichever other
-models have landed) and their provenance; `engine.new_run()` gives a `RunClassifier` that also
-holds what one scan has learnt so far (the online transition estimate), so the same engine
-serves many runs. Bluesky is not needed here: the callback, `classify FILE.nxs` and the
+`InferenceEngine` holds the models (phase classifier, open-set gate, and optionally the
+space-group and material-identification models, `stages`) and their provenance;
+`engine.new_run()` gives a `RunClassifier` that also holds what one scan has learnt so far
+(the online transition estimate), so the same engine serves many runs. Bluesky is not needed here: the callback, `classify FILE.nxs` and the
 evaluations all call `RunClassifier.classify`.
 """
 
@@ -13,7 +13,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Sequence
@@ -25,9 +25,10 @@ from xrd_nexus_ml import __version__
 from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
 from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
+from xrd_nexus_ml.inference.stages import IdentificationStage, SpaceGroupStage
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
-from xrd_nexus_ml.transitions.frames import prepare_frames
+from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q, prepare_frames
 from xrd_nexus_ml.transitions.models import load_model
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ class Frame:
             return y
 
 
-def _provenance(task: str, model, card: Path, device: torch.device) -> ModelProvenance:
+def _provenance(task: str, kind: str, card: Path, device: torch.device) -> ModelProvenance:
     weights = card.parent / "weights.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "unsaved"
-    return ModelProvenance(model_id=f"{task}/{model.kind}@{digest}", task=task, kind=model.kind,
+    return ModelProvenance(model_id=f"{task}/{kind}@{digest}", task=task, kind=kind,
                            version=__version__, card=str(card), device=str(device))
 
 
@@ -102,13 +103,16 @@ class InferenceEngine:
 
     phase_model: a trained transition classifier (`xrd_nexus_ml.transitions`), phases in order
     of pressure. gate: the open-set check (None: never flags out of library). top_k: how many
-    phases each record ranks. The transition models are a few hundred kB of per-bin networks fed
-    by NumPy preprocessing, so they run on the CPU whatever `device` says; `device` is where
-    GPU-capable models run, and what the provenance records for them.
+    phases each record ranks. stages: optional models run on the same frames
+    (`SpaceGroupStage`, `IdentificationStage`). The transition models are a few hundred kB of
+    per-bin networks fed by NumPy preprocessing, and identification fits reference patterns in
+    NumPy, so they run on the CPU whatever `device` says; `device` is where the space-group
+    network runs, and what the provenance records for it.
     """
 
     def __init__(self, phase_model, gate: LibraryGate | None = None, top_k: int = 3, device="auto",
-                 changepoint_options: dict | None = None, provenance: Sequence[ModelProvenance] = ()):
+                 changepoint_options: dict | None = None, provenance: Sequence[ModelProvenance] = (),
+                 stages: Sequence = ()):
         if not getattr(phase_model, "fitted", False):
             raise ValueError(f"{type(phase_model).__name__} is not trained")
         self.phase_model = phase_model
@@ -119,12 +123,19 @@ class InferenceEngine:
         self.changepoint_options = dict(changepoint_options or {})
         self.provenance = tuple(provenance)
         self.model_ids = ";".join(p.model_id for p in self.provenance)
+        self.stages = tuple(stages)
 
     @classmethod
     def from_bundles(cls, phase_model: str | Path = DEFAULT_PHASE_MODEL, gate_model: str | Path | None = DEFAULT_GATE_MODEL,
-                     threshold: float = DEFAULT_THRESHOLD, device="auto", **kwargs) -> InferenceEngine:
-        """Load bundles by folder, or by shipped name ("transition/end_to_end")."""
+                     threshold: float = DEFAULT_THRESHOLD, device="auto", spacegroup_model: str | Path | None = None,
+                     identification_model: str | Path | None = None, **kwargs) -> InferenceEngine:
+        """Load bundles by folder, or by shipped name ("transition/end_to_end").
+
+        spacegroup_model / identification_model: a bundle folder, "default" (the shipped
+        model), or None / "none" (not run: their record fields stay empty)."""
         resolved = resolve_device(device)
+        spacegroup_model, identification_model = (
+            None if m is None or str(m).lower() == "none" else m for m in (spacegroup_model, identification_model))
 
         def folder(name) -> Path:
             path = Path(name)
@@ -132,7 +143,7 @@ class InferenceEngine:
 
         phase_dir = folder(phase_model)
         model = load_model(phase_dir)
-        provenance = [_provenance("phase_classification", model, phase_dir / "card.json", torch.device("cpu"))]
+        provenance = [_provenance("phase_classification", model.kind, phase_dir / "card.json", torch.device("cpu"))]
         gate = None
         if gate_model is not None:
             gate_dir = folder(gate_model)
@@ -141,14 +152,31 @@ class InferenceEngine:
                 raise ValueError(f"{gate_dir / 'card.json'}: phases {references.phase_names} differ from the phase "
                                  f"model's {model.phase_names}")
             gate = LibraryGate.from_models(references, model, threshold)
-            provenance.append(_provenance("open_set", references, gate_dir / "card.json", torch.device("cpu")))
-        return cls(model, gate, device=resolved, provenance=provenance, **kwargs)
+            provenance.append(_provenance("open_set", references.kind, gate_dir / "card.json", torch.device("cpu")))
+        stages = []
+        if spacegroup_model is not None:
+            from xrd_nexus_ml.spacegroup.model import KIND, load_model as load_spacegroup
 
-    def new_run(self, changepoint_options: dict | None = None) -> RunClassifier:
+            symmetry = load_spacegroup(spacegroup_model, resolved)
+            stages.append(SpaceGroupStage(symmetry))
+            provenance.append(_provenance("space_group", KIND, Path(symmetry.source) / "card.json", resolved))
+        if identification_model is not None:
+            from xrd_nexus_ml.identification.commands import resolve_model
+            from xrd_nexus_ml.identification.identifier import Identifier
+            from xrd_nexus_ml.identification.model import KIND as IDENTIFICATION_KIND
+
+            identification_dir = resolve_model(str(identification_model))
+            stages.append(IdentificationStage(Identifier.from_bundle(identification_dir)))
+            provenance.append(_provenance("material_identification", IDENTIFICATION_KIND,
+                                          identification_dir / "card.json", torch.device("cpu")))
+        return cls(model, gate, device=resolved, provenance=provenance, stages=stages, **kwargs)
+
+    def new_run(self, changepoint_options: dict | None = None, elements: Sequence[str] | None = None) -> RunClassifier:
         """A classifier for one scan: the transition estimate starts from nothing.
         changepoint_options: this run's `OnlineChangePoint` settings (a steered ramp fixes its θ
-        grid, see `SteeringPolicy.changepoint_options`), else the engine's."""
-        return RunClassifier(self, changepoint_options=changepoint_options)
+        grid, see `SteeringPolicy.changepoint_options`), else the engine's. elements: those
+        that may be present in this sample (restricts material identification)."""
+        return RunClassifier(self, changepoint_options=changepoint_options, elements=elements)
 
     def describe(self) -> dict:
         """What a derived run's start document says about the models."""
@@ -159,8 +187,14 @@ class InferenceEngine:
 class RunClassifier:
     """Classifies one scan's frames in arrival order and keeps its transition estimate."""
 
-    def __init__(self, engine: InferenceEngine, changepoint_options: dict | None = None):
+    def __init__(self, engine: InferenceEngine, changepoint_options: dict | None = None,
+                 elements: Sequence[str] | None = None):
         self.engine = engine
+        self.elements = list(elements) if elements else None
+        for stage in engine.stages:
+            problem = stage.check_elements(self.elements)
+            if problem:
+                log.warning("%s: %s; every frame of this run will be out of its library", stage.task, problem)
         options = engine.changepoint_options if changepoint_options is None else changepoint_options
         # the phase model's calibrated crossing-point error (from its card), unless set here
         self.changepoint = OnlineChangePoint(engine.phase_names, **{**systematic_options(engine.phase_model),
@@ -172,9 +206,11 @@ class RunClassifier:
 
     def classify(self, frames: Sequence[Frame]) -> list[FramePrediction]:
         """One batch through the models (one call each) and the transition estimate (one update,
-        frames in order). Frames that cannot be used get a flagged record; a model error
-        propagates (the caller records it with `failed`). At frame rates where batches hold
-        many frames, every record of a batch carries the estimate after the whole batch."""
+        frames in order). Frames that cannot be used get a flagged record; an error of the phase
+        model propagates (the caller records it with `failed`); an error of a stage (space
+        group, identification) is logged and named in the records' `error`, its fields empty.
+        At frame rates where batches hold many frames, every record of a batch carries the
+        estimate after the whole batch."""
         engine = self.engine
         if not frames:
             return []
@@ -190,8 +226,28 @@ class RunClassifier:
         evidence = np.where(usable[:, None], probs, np.nan)
         # one change-point update per batch: each record carries the estimate after its batch
         estimates = self.changepoint.update_many(evidence, [float(f.pressure) for f in frames])
-        return [self._record(frame, probs[i], bool(usable[i]), prepared.flags[i], float(similarity[i]), estimates)
-                for i, frame in enumerate(frames)]
+        records = [self._record(frame, probs[i], bool(usable[i]), prepared.flags[i], float(similarity[i]), estimates)
+                   for i, frame in enumerate(frames)]
+        return self._add_stages(records, patterns, axis, {(engine.phase_model.grid, SNIP_WIDTH_Q): prepared})
+
+    def _add_stages(self, records: list[FramePrediction], patterns, axis: dict, prepared: dict) -> list[FramePrediction]:
+        """Each stage's fields into the records; frames prepared once per (grid, SNIP window)."""
+        errors: list[str] = []
+        for stage in self.engine.stages:
+            key = (stage.grid, stage.snip_width_q)
+            try:
+                if key not in prepared:
+                    prepared[key] = prepare_frames(patterns, stage.grid, snip_width_q=stage.snip_width_q, **axis)
+                fields = stage.fields(prepared[key], self.elements)
+            except Exception as err:  # noqa: BLE001 - one model failing leaves the others' answers
+                log.exception("%s model failed on %d frame(s)", stage.task, len(records))
+                errors.append(f"{stage.task}: {type(err).__name__}: {err}")
+                continue
+            records = [replace(r, **f) if f else r for r, f in zip(records, fields)]
+        if errors:
+            message = "; ".join(errors)
+            records = [replace(r, error="; ".join(filter(None, (r.error, message)))) for r in records]
+        return records
 
     def failed(self, frames: Sequence[Frame], error: BaseException | str, flag: str = "error") -> list[FramePrediction]:
         """Records for frames a model failed on (or that were shed): shapes stay those of the run."""

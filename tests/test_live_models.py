@@ -1,0 +1,106 @@
+"""The space-group and material-identification models in the live engine, beside the phase model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bluesky_callbacks.classifier import _sample_elements
+from xrd_nexus_ml.inference import Frame, InferenceEngine
+from xrd_nexus_ml.inference.stages import SpaceGroupStage
+from xrd_nexus_ml.spacegroup.model import CRYSTAL_SYSTEMS
+from xrd_nexus_ml.transitions import simulate_ramp
+from xrd_nexus_ml.transitions.frames import prepare_frames
+
+TRANSITION = 31.3
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return InferenceEngine.from_bundles(device="cpu", spacegroup_model="default", identification_model="default")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    ramp = simulate_ramp(np.linspace(5, 55, 6), transition_pressure=TRANSITION, noise=0.02, seed=3)
+    good = [Frame(i + 1, ramp.intensity[i], two_theta=ramp.two_theta, wavelength=ramp.wavelength, pressure=p)
+            for i, p in enumerate(ramp.pressures)]
+    flat = Frame(7, np.ones_like(ramp.two_theta), two_theta=ramp.two_theta, wavelength=ramp.wavelength, pressure=60.0)
+    return [*good, flat]
+
+
+def test_every_usable_frame_gets_a_space_group_and_an_identification(engine, frames):
+    assert [p.task for p in engine.provenance] == ["phase_classification", "open_set", "space_group",
+                                                   "material_identification"]
+    records = engine.new_run().classify(frames)
+    for r in records[:-1]:
+        assert r.flag == "" and r.error == "" and r.phase in ("B1", "rB1")
+        assert 1 <= r.space_group_number <= 230 and 0 < r.space_group_probability <= 1
+        assert r.crystal_system in CRYSTAL_SYSTEMS
+        assert r.material or r.material_out_of_library  # a phase named, or none of the library fits
+        assert "space_group/spacegroup-resnet@" in r.model_ids and "material_identification/" in r.model_ids
+    # the shipped space-group model calls the rock-salt (B1) frames cubic
+    assert [r.crystal_system for r in records[:-1] if r.pressure < TRANSITION] == ["cubic"] * 3
+    flat = records[-1]  # no signal: no model answers for it
+    assert flat.flag == "zero" and flat.space_group_number == 0 and math.isnan(flat.space_group_probability)
+    assert flat.crystal_system == "" and flat.material == "" and not flat.material_out_of_library
+
+
+def test_the_sample_elements_restrict_identification(engine, frames):
+    # no Mg, Fe or O phase of the default library explains a rock-salt pattern: out of library, none named
+    records = engine.new_run(elements=["Mg", "Fe", "O"]).classify(frames[:-1])
+    assert all(r.material == "" and r.material_out_of_library for r in records)
+    assert all(math.isnan(r.material_probability) for r in records)
+
+
+def test_elements_no_library_phase_lies_within_flag_every_frame(engine, frames, caplog):
+    with caplog.at_level(logging.WARNING):
+        run = engine.new_run(elements=["Xe"])
+    assert "no phase of the model's library lies within the elements Xe" in caplog.text
+    records = run.classify(frames)
+    assert [r.material_out_of_library for r in records] == [True] * 6 + [False]  # the flat frame is not judged
+    assert all(r.error == "" for r in records)
+
+
+def test_a_failing_space_group_model_leaves_the_other_answers(engine, frames):
+    symmetry, identification = engine.stages
+    broken = copy.deepcopy(symmetry.model)
+    first_conv = next(m for m in broken.network.modules() if isinstance(m, torch.nn.Conv1d))
+    first_conv.weight = torch.nn.Parameter(torch.zeros(first_conv.out_channels, 5, first_conv.kernel_size[0]))
+    engine_with_broken = InferenceEngine(engine.phase_model, engine.gate, device="cpu",
+                                         provenance=engine.provenance, stages=[SpaceGroupStage(broken), identification])
+    records = engine_with_broken.new_run().classify(frames[:-1])
+    for r in records:
+        assert r.flag == "" and r.phase in ("B1", "rB1") and math.isfinite(r.transition_probability)
+        assert r.error.startswith("space_group: RuntimeError")
+        assert r.space_group_number == 0 and r.crystal_system == ""
+        assert r.material or r.material_out_of_library  # identification still ran
+    assert math.isfinite(records[-1].transition_pressure)
+
+
+def test_frames_for_the_space_group_model_keep_their_background():
+    two_theta = np.linspace(10, 26, 2000)
+    y = 0.5 + np.exp(-0.5 * ((two_theta - 17.0) / 0.05) ** 2)
+    kept = prepare_frames([y], two_theta=two_theta, wavelength=0.4843, snip_width_q=None)
+    removed = prepare_frames([y], two_theta=two_theta, wavelength=0.4843)
+    inside = kept.mask[0]
+    assert kept.x[0][inside].min() == pytest.approx(0.5 / 1.5, rel=1e-2)  # the peak top falls between points
+    assert removed.x[0][inside].min() < 1e-3
+    # the frame-by-frame path agrees with the batched one
+    single = prepare_frames([y], two_theta=two_theta, wavelength=0.4843, snip_width_q=None, batched=False)
+    np.testing.assert_allclose(single.x, kept.x, atol=1e-6)
+
+
+@pytest.mark.parametrize("start, expected", [
+    ({"sample": {"elements": ["Mg", "Fe", "O"]}}, ["Mg", "Fe", "O"]),
+    ({"elements": "Li, Mn,O"}, ["Li", "Mn", "O"]),
+    ({"sample": "ferropericlase"}, None),
+    ({}, None),
+])
+def test_the_sample_elements_come_from_the_start_document(start, expected):
+    assert _sample_elements(start) == expected
