@@ -89,7 +89,6 @@ class _Fit:
 
 def _gaussian_sum(grid: np.ndarray, q: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarray:
     """Σ I_k exp(-4 ln2 (g - q_k)² / fwhm²) on `grid` (uniform), each peak only within ±3 FWHM."""
-    out = np.zeros(grid.size)
     step = grid[1] - grid[0]
     half = int(math.ceil(3.0 * fwhm / step))
     offsets = np.arange(-half, half + 1)
@@ -98,8 +97,7 @@ def _gaussian_sum(grid: np.ndarray, q: np.ndarray, intensity: np.ndarray, fwhm: 
     ok = (idx >= 0) & (idx < grid.size)
     values = intensity[:, None] * np.exp(-4.0 * math.log(2.0) * ((grid[np.clip(idx, 0, grid.size - 1)] - q[:, None])
                                                                  / fwhm) ** 2)
-    np.add.at(out, idx[ok], values[ok])
-    return out
+    return np.bincount(idx[ok], weights=values[ok], minlength=grid.size)
 
 
 class Identifier:
@@ -140,6 +138,7 @@ class Identifier:
         y_log = np.interp(self._log_grid, np.log(self.grid), np.where(mask, residual, 0.0))
         in_range = (self._log_grid >= math.log(lo)) & (self._log_grid <= math.log(hi))
         y_log = np.where(in_range, y_log, 0.0)
+        padded = np.pad(y_log, self._max_lag)
         best = None
         for phase in self._class_phases.get(class_id, []):
             q, inten = self.model.sticks[phase]
@@ -148,10 +147,9 @@ class Identifier:
                 continue
             q, inten = q[keep].astype(float), inten[keep].astype(float)
             ref_log = _gaussian_sum(self._log_grid, np.log(q), inten, 0.004)
-            lags = np.arange(-self._max_lag, self._max_lag + 1)
-            n = y_log.size
-            scores = np.array([np.dot(y_log[max(0, l):n + min(0, l)], ref_log[max(0, -l):n - max(0, l)]) for l in lags])
-            lag = int(lags[int(np.argmax(scores))])
+            # scores[j] = Σ_i y(i + lag_j) ref(i) for lags -max_lag..max_lag (zero-padded residual)
+            scores = np.correlate(padded, ref_log, mode="valid")
+            lag = int(np.argmax(scores)) - self._max_lag
             scale = math.exp(lag * self._dlog)  # measured q = reference q × scale
             q_fit = q * scale
             for fwhm in FIT_WIDTHS_Q:

@@ -94,7 +94,8 @@ class SpaceGroupModel:
     @torch.inference_mode()
     def probabilities(self, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Calibrated probabilities per head for (n, 2, G) inputs from `model_input`."""
-        self.network.eval()
+        if self.network.training:  # walking every module costs time on every call: only when needed
+            self.network.eval()
         device = next(self.network.parameters()).device
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.network.heads}
         for start in range(0, inputs.shape[0], batch_size):
