@@ -443,7 +443,6 @@ class _Predictions:
         fill(group_models["card_sha256"], [_card_sha256(m.card) for m in models], 64, "models/card_sha256")
         self.group["version"][()] = L.encode_fixed([version], 64, f"{where}/version")[0]
         self.group["date"][()] = date
-        n = self.n_rows
         for spec in L.PREDICTION_FIELDS:
             if spec.per is None:
                 continue

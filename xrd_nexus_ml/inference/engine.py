@@ -228,7 +228,9 @@ class RunClassifier:
         estimates = self.changepoint.update_many(evidence, [float(f.pressure) for f in frames])
         records = [self._record(frame, probs[i], bool(usable[i]), prepared.flags[i], float(similarity[i]), estimates)
                    for i, frame in enumerate(frames)]
-        return self._add_stages(records, patterns, axis, {(engine.phase_model.grid, SNIP_WIDTH_Q): prepared})
+        records = self._add_stages(records, patterns, axis, {(engine.phase_model.grid, SNIP_WIDTH_Q): prepared})
+        now = time.perf_counter()  # the latency covers every model that ran
+        return [replace(r, latency=(now - f.received) * 1e3) for r, f in zip(records, frames)]
 
     def _add_stages(self, records: list[FramePrediction], patterns, axis: dict, prepared: dict) -> list[FramePrediction]:
         """Each stage's fields into the records; frames prepared once per (grid, SNIP window)."""
@@ -298,7 +300,6 @@ class RunClassifier:
             transition_pressure=float(first.pressure) if first is not None else math.nan,
             transition_pressure_uncertainty=float(first.sigma) if first is not None else math.nan,
             flag=flag,
-            latency=(time.perf_counter() - frame.received) * 1e3,
             model_ids=engine.model_ids,
             extra={"boundaries": [b.to_dict() for b in estimates]} if len(estimates) > 1 else {},
         )

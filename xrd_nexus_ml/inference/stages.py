@@ -8,7 +8,6 @@ failing leaves the others' fields intact (see `RunClassifier.classify`).
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,7 +19,6 @@ from xrd_nexus_ml.pattern import QGrid
 from xrd_nexus_ml.preprocess import model_input
 from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q, PreparedFrames
 
-log = logging.getLogger(__name__)
 
 @dataclass
 class SpaceGroupStage:
