@@ -165,7 +165,7 @@ def test_training_writes_a_loadable_calibrated_bundle(tiny_model):
     for head in head_sizes():
         np.testing.assert_allclose(a[head], b[head], atol=1e-6)
         np.testing.assert_allclose(a[head].sum(axis=1), 1.0, atol=1e-5)
-    assert loaded.model_id == model.model_id and loaded.model_id.startswith("spacegroup/spacegroup-resnet@")
+    assert loaded.model_id == model.model_id and loaded.model_id.startswith("space_group/spacegroup-resnet@")
     predictions = loaded.predict(intensity, mask, top_k=5)
     assert len(predictions) == 3 and len(predictions[0].space_groups) == 5
     assert all(1 <= n <= 230 for n, _, _ in predictions[0].space_groups)

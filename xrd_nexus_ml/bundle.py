@@ -28,6 +28,15 @@ def software_versions() -> dict:
             "python": platform.python_version()}
 
 
+def weights_digest(directory) -> str:
+    """First 12 hex digits of the SHA-256 of a bundle's weights file ("unsaved" when it has none):
+    the `@...` of every model id, so one model has one id wherever it is reported."""
+    import hashlib
+
+    weights = Path(directory) / WEIGHTS_FILE
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "unsaved"
+
+
 def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict, indent: int = 1) -> Path:
     """Write the tensors and the card (which must hold `kind`); returns the folder."""
     from safetensors.torch import save_file

@@ -9,7 +9,6 @@ evaluations all call `RunClassifier.classify`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml import __version__
+from xrd_nexus_ml.bundle import weights_digest
 from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
 from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
@@ -92,8 +92,7 @@ class Frame:
 
 
 def _provenance(task: str, kind: str, card: Path, device: torch.device) -> ModelProvenance:
-    weights = card.parent / "weights.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.exists() else "unsaved"
+    digest = weights_digest(card.parent)
     return ModelProvenance(model_id=f"{task}/{kind}@{digest}", task=task, kind=kind,
                            version=__version__, card=str(card), device=str(device))
 

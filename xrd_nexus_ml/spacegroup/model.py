@@ -14,14 +14,13 @@ training recipe, metrics, versions); see `xrd_nexus_ml.bundle`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xrd_nexus_ml.bundle import WEIGHTS_FILE, load_state, read_bundle, software_versions, write_bundle
+from xrd_nexus_ml.bundle import WEIGHTS_FILE, load_state, read_bundle, software_versions, weights_digest, write_bundle
 from xrd_nexus_ml import preprocess
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
@@ -85,11 +84,9 @@ class SpaceGroupModel:
 
     @property
     def model_id(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.network.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return f"spacegroup/{KIND}@{digest.hexdigest()[:12]}"
+        """`space_group/<kind>@<weights file digest>`: the id the live engine and NeXus files give it
+        ("unsaved" for a model not written to or read from a bundle)."""
+        return f"space_group/{KIND}@{weights_digest(self.source) if self.source else 'unsaved'}"
 
     @torch.inference_mode()
     def probabilities(self, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
@@ -142,7 +139,8 @@ class SpaceGroupModel:
 
     def save(self, directory) -> Path:
         tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
-        return write_bundle(directory, tensors, self.card())
+        self.source = str(write_bundle(directory, tensors, self.card()))
+        return Path(self.source)
 
     @classmethod
     def load(cls, directory, device: str | torch.device = "cpu") -> SpaceGroupModel:
