@@ -257,11 +257,11 @@ def plot_demo(frames: dict, summary: dict, path: Path) -> None:
 
 def print_table(summary: dict) -> None:
     """The short report a beamline scientist reads at the end of the scan."""
+    from xrd_nexus_ml.physics.symmetry import space_group_symbol
+
     print(f"{summary['steering']} pressure ramp: {summary['frames']} frames "
           f"({summary['classification'].get('classified', 0)} classified, {summary['classification'].get('shed', 0)} "
           f"shed, {summary['classification'].get('errors', 0)} errors), {summary['seconds']} s on {summary['device']}")
-    from xrd_nexus_ml.physics.symmetry import space_group_symbol
-
     print(f"{'phase':<8}{'frames':>6}  {'pressure (GPa)':<17}{'space group':<20}{'crystal system':<20}material")
     for name, info in summary["phases"].items():
         lo, hi = info["pressure_range_gpa"]

@@ -187,12 +187,13 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
-def _add_live_model_arguments(p: argparse.ArgumentParser) -> None:
+def _add_live_model_arguments(p: argparse.ArgumentParser, default: str = "default") -> None:
     """The optional models the live classifier runs beside the phase-transition model."""
-    p.add_argument("--spacegroup-model", default="default",
-                   help="space-group model: a bundle folder, 'default' (shipped) or 'none'")
-    p.add_argument("--identification-model", default="default",
-                   help="material-identification model: a bundle folder, a shipped name ('default') or 'none'")
+    p.add_argument("--spacegroup-model", default=default,
+                   help=f"space-group model: a bundle folder, 'default' (shipped) or 'none' (default: {default})")
+    p.add_argument("--identification-model", default=default,
+                   help="material-identification model: a bundle folder, a shipped name ('default') or 'none' "
+                        f"(default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,8 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare-frames", type=int, default=5000, help="frames of each side-by-side run")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--device", default="auto")
-    b.add_argument("--spacegroup-model", default="none", help="also run it live: 'default' or a folder")
-    b.add_argument("--identification-model", default="none", help="also run it live: 'default' or a folder")
+    _add_live_model_arguments(b, default="none")
     b.add_argument("--json", action="store_true", help="(always JSON)")
     b.set_defaults(func=cmd_bench_callback)
 
