@@ -11,7 +11,7 @@ For each pattern (all patterns of a call go through the network together):
    The first phase found is the major one: a library phase that explains less than that
    (30 %) is a coincidental partial match. Measured on the Li-Mn-Ti-O-F references: their own
    simulated draws' first phase explains 0.75-0.99, the 8 measured patterns' 0.66-0.96, while
-   a third of the foreign Li-La-Zr-O phases named a phase explaining 0.05-0.3.
+   about a quarter of the foreign Li-La-Zr-O draws were named a phase explaining 0.05-0.3.
 3. Each candidate class's references (its polymorphs) are fitted to what is left of the
    pattern: lattice scale by cross-correlation on a log-q axis (±4 %), peak width from four
    candidates, height by a robust ratio on the reference's strong peaks. The candidate whose

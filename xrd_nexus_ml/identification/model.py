@@ -78,7 +78,7 @@ class IdentificationModel:
     def predict(self, inputs: torch.Tensor, allowed_experts=None, allowed_classes=None,
                 batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (n, C) calibrated, similarity (n, C) cosine to each class prototype)."""
-        if self.network.training:  # walking every module costs ~15 ms a call: only when needed
+        if self.network.training:  # walking its ~6500 modules cost ~7 ms a call: only when needed
             self.network.eval()
         probs, sims = [], []
         for start in range(0, inputs.shape[0], batch_size):

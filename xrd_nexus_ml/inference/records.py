@@ -151,7 +151,7 @@ def event_data_keys(n_phases: int, top_k: int) -> dict[str, dict]:
         "top_k_probability": _key("array", "<f8", [top_k], None, "probabilities of top_k_index"),
         "out_of_library": _key("boolean", "|b1", [], None, "the frame matches none of the phases the model knows"),
         "library_similarity": _key("number", "<f8", [], None, "best cosine similarity to the model's reference patterns"),
-        "space_group_number": _key("integer", "<i8", [], None, "predicted space group (0: no space-group model)"),
+        "space_group_number": _key("integer", "<i8", [], None, "predicted space group (0: no model, or the frame does not look crystalline)"),
         "space_group_probability": _key("number", "<f8", [], None, "probability of space_group_number"),
         "crystal_system": _key("string", None, [], None, "most probable crystal system ('' when none)"),
         "material": _key("string", None, [], None, "identified phases (formulas joined by '+'; '' when none)"),
