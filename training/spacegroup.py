@@ -208,8 +208,10 @@ def _draw_fixed(config: TrainConfig, n: int, seed: int) -> tuple[torch.Tensor, t
 
 
 def _topk(probs: np.ndarray, truth: np.ndarray, k: int) -> float:
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float(np.mean((top == truth[:, None]).any(axis=1))) if len(truth) else float("nan")
+    """Top-k accuracy by the evaluation's rule (a tie counts against the model)."""
+    from xrd_nexus_ml.spacegroup.evaluation import true_class_ranks
+
+    return float(np.mean(true_class_ranks(probs, truth) < k)) if len(truth) else float("nan")
 
 
 def calibrate(model: SpaceGroupModel, inputs: torch.Tensor, labels: torch.Tensor, quantile: float) -> dict:

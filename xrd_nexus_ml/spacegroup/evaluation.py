@@ -353,7 +353,7 @@ def read_measured(
 # -- scores ---------------------------------------------------------------------------------------
 
 
-def _ranks(probabilities: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def true_class_ranks(probabilities: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """0-based rank of the true class in each row; a tie counts against the model.
 
     Ranking by classes scoring at least as high as the truth means a flat output (all classes
@@ -400,7 +400,8 @@ def score(probabilities: Mapping[str, np.ndarray], space_group: np.ndarray) -> d
     p_sys = _checked(probabilities, "crystal_system", n, len(CRYSTAL_SYSTEMS))
     ext = np.array([extinction_group(int(v)) for v in sg])
     system = np.array([crystal_system_index(int(v)) for v in sg])
-    rank_sg, rank_ext, rank_sys = _ranks(p_sg, sg - 1), _ranks(p_ext, ext), _ranks(p_sys, system)
+    rank_sg, rank_ext, rank_sys = (true_class_ranks(p_sg, sg - 1), true_class_ranks(p_ext, ext),
+                                  true_class_ranks(p_sys, system))
     per_system = {
         name: {"n": int((system == i).sum()), "top1": float((rank_sg[system == i] < 1).mean())}
         for i, name in enumerate(CRYSTAL_SYSTEMS) if (system == i).any()
