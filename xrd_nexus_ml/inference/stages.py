@@ -79,12 +79,15 @@ class IdentificationStage:
         return None
 
     def fields(self, prepared: PreparedFrames, elements=None) -> list[dict]:
+        from xrd_nexus_ml.identification.library import LibraryError
+
         out: list[dict] = [{} for _ in range(len(prepared))]
         if not prepared.ok.any():
             return out
-        if elements and self.check_elements(elements) is not None:
+        try:  # identify checks the elements first (`restriction`), before any work
+            results = self.identifier.identify(prepared, elements=elements, sources=[""] * len(prepared))
+        except LibraryError:  # no class within the elements (warned when the run started)
             return [{"material_out_of_library": True} if ok else {} for ok in prepared.ok]
-        results = self.identifier.identify(prepared, elements=elements, sources=[""] * len(prepared))
         for i, result in enumerate(results):
             if result.flag is None:
                 out[i] = {"material": "+".join(result.formulas),
