@@ -3,8 +3,8 @@
 `InferenceEngine` holds the models (phase classifier, open-set gate, and optionally the
 space-group and material-identification models, `stages`) and their provenance;
 `engine.new_run()` gives a `RunClassifier` that also holds what one scan has learnt so far
-(the online transition estimate), so the same engine serves many runs. Bluesky is not needed here: the callback, `classify FILE.nxs` and the
-evaluations all call `RunClassifier.classify`.
+(the online transition estimate), so the same engine serves many runs. Bluesky is not needed
+here: the callback, `classify FILE.nxs` and the evaluations all call `RunClassifier.classify`.
 """
 
 from __future__ import annotations
