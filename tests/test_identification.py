@@ -190,6 +190,10 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
             "device"} <= set(first)
     assert first["n_patterns"] == 2 and not first["model_reused"]
     assert first["open_set"] is None
+    mixtures = first["simulated_mixtures"]
+    assert mixtures["n_patterns"] == 200
+    for scores in (mixtures["with_screen"], mixtures["network_only"]):
+        assert 0 <= scores["recall"] <= 1 and 0 <= scores["precision"] <= 1 and scores["seconds_per_pattern"] > 0
     llzo = Path(__file__).parent / "data" / "autoanalyzer" / "li-la-zr-o" / "References"
     assert main([*args, "--unknown", str(llzo)]) == 0
     second = json.loads(capsys.readouterr().out)
@@ -208,3 +212,15 @@ def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
             "device"} <= set(result)
     assert result["throughput_patterns_per_s"] > 0 and result["latency_p99_ms"] >= result["latency_median_ms"] > 0
     assert 0 < result["model_mb"] < 20 and result["end_to_end"]["latency_median_ms"] > 0
+
+
+def test_simulated_mixtures_hold_the_classes_they_name():
+    from xrd_nexus_ml.identification.commands import simulated_mixtures
+
+    library = load_cif_library(REFERENCES)
+    patterns, truth = simulated_mixtures(library, n=30, seed=3)
+    assert patterns.shape == (30, PowderSimulator(wavelength="CuKa1").grid.n_points)
+    assert {len(t) for t in truth} <= {1, 2, 3} and len({len(t) for t in truth}) > 1
+    assert all(t <= set(library.classes) for t in truth)
+    again, truth_again = simulated_mixtures(library, n=30, seed=3)
+    assert np.array_equal(patterns, again) and truth == truth_again

@@ -21,6 +21,15 @@ For each pattern (all patterns of a call go through the network together):
    candidate is probable (`min_probability`), inside the library and its fit explains at
    least `min_explained` of the pattern's signal (sum of squares). This is the iterative
    subtraction of XRD-AutoAnalyzer (Szymanski et al. 2021), with the classes of this model.
+5. The network never saw what a subtraction leaves behind, and under a strong major phase it
+   may not propose a minor one at all. So when none of its proposals for a later phase passes,
+   a screen scores every allowed class (up to `max_screened_references` references) by the
+   normalised log-q cross-correlation of its references with the residual, and the `screen`
+   best are fitted as in step 3. A screened phase has only the fit as evidence, so its fit
+   must also follow the residual's shape (a reference with a dense forest of lines absorbs the
+   noise floor without matching any peak) and explain `min_explained` of the signal where no
+   phase found so far has peaks: a fit that only absorbs the misfit of phases already found
+   (a wrong peak shape, a polymorph's shared lines) is not a new phase.
 """
 
 from __future__ import annotations
@@ -39,6 +48,14 @@ from xrd_nexus_ml.preprocess import model_input
 FIT_WIDTHS_Q = (0.005, 0.01, 0.02, 0.04)
 #: Largest lattice mismatch the fit searches (relative).
 MAX_STRAIN = 0.04
+#: A found phase's fitted pattern above this fraction of its maximum marks its peaks' points.
+COVERED_FRACTION = 0.05
+#: Least Pearson correlation of a screened phase's fit with the residual. On simulated mixtures
+#: and single-reference patterns, fits of true minor phases reached 0.42-0.74 and fits of
+#: line-rich references absorbing the noise floor at most 0.2; this is the midpoint.
+MIN_SCREEN_CORRELATION = 0.3
+#: Log-q points summed into one bin for the screen of all classes (peaks there are ~5 points wide).
+SCREEN_BINNING = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class PhaseMatch:
     space_group_symbol: str
     strain: float  # fitted lattice scale - 1 (positive: larger cell than the reference)
     explained: float  # fraction of the pattern's signal (sum of squares) the fitted phase removed
+    proposed_by: str = "network"  # or "screen": a later phase the network did not propose (see Identifier)
 
 
 @dataclass(frozen=True)
@@ -101,11 +119,16 @@ def _gaussian_sum(grid: np.ndarray, q: np.ndarray, intensity: np.ndarray, fwhm: 
 
 
 class Identifier:
-    """Identify the phases of measured patterns with an `IdentificationModel`."""
+    """Identify the phases of measured patterns with an `IdentificationModel`.
+
+    screen: classes fitted for a later phase when none of the network's proposals passes (0:
+    network proposals only); the screen is skipped when the allowed classes hold more than
+    `max_screened_references` references (one matrix row each, per pattern and round)."""
 
     def __init__(self, model: IdentificationModel, max_phases: int = 3, min_probability: float = 0.2,
                  min_explained: float = 0.05, min_residual: float = 0.08, shortlist: int = 3,
-                 min_shortlist_probability: float = 0.02, min_explained_first: float = 0.3):
+                 min_shortlist_probability: float = 0.02, min_explained_first: float = 0.3,
+                 screen: int = 3, max_screened_references: int = 4096):
         if max_phases < 1:
             raise ValueError(f"max_phases must be at least 1, got {max_phases}")
         self.model = model
@@ -116,6 +139,11 @@ class Identifier:
         self.min_residual = float(min_residual)
         self.shortlist = int(shortlist)
         self.min_shortlist_probability = float(min_shortlist_probability)
+        self.screen = int(screen)
+        self.max_screened_references = int(max_screened_references)
+        self._ref_logs: dict[int, np.ndarray] = {}
+        self._coarse_references: np.ndarray | None = None
+        self._width_kernels = None
         self.grid = model.grid.values
         self._class_phases: dict[int, list[int]] = {}
         for i, p in enumerate(model.phases):
@@ -130,15 +158,93 @@ class Identifier:
         return cls(IdentificationModel.load(path), **options)
 
     # -- the fit of one class's references to a residual -----------------------------------
+    def _reference_log(self, phase: int) -> np.ndarray:
+        """Reference `phase`'s sticks as narrow peaks on the log-q axis (computed once)."""
+        ref = self._ref_logs.get(phase)
+        if ref is None:
+            q, inten = self.model.sticks[phase]
+            keep = q > 0
+            ref = _gaussian_sum(self._log_grid, np.log(q[keep].astype(float)), inten[keep].astype(float), 0.004)
+            self._ref_logs[phase] = ref
+        return ref
+
+    def _log_residual(self, residual: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(residual on the log-q axis, zero-padded by the largest lag; measured span on that axis)."""
+        measured = np.flatnonzero(mask)
+        lo, hi = self.grid[measured[0]], self.grid[measured[-1]]
+        y_log = np.interp(self._log_grid, np.log(self.grid), np.where(mask, residual, 0.0))
+        in_range = (self._log_grid >= math.log(lo)) & (self._log_grid <= math.log(hi))
+        return np.pad(np.where(in_range, y_log, 0.0), self._max_lag), in_range
+
+    def _screen_matrix(self) -> np.ndarray:
+        """Every reference on the coarse log-q axis of the screen (rows; built once)."""
+        if self._coarse_references is None:
+            n = len(self._log_grid) // SCREEN_BINNING * SCREEN_BINNING
+            self._coarse_references = np.stack(
+                [self._reference_log(i)[:n].reshape(-1, SCREEN_BINNING).sum(1) for i in range(len(self.model.phases))]
+            ).astype(np.float32)
+        return self._coarse_references
+
+    def _screened(self, residual: np.ndarray, mask: np.ndarray, classes: np.ndarray) -> list[int]:
+        """The `screen` classes among `classes` whose references best match the residual's peaks:
+        the largest Pearson correlation over the lattice scales the fit searches (at least
+        MIN_SCREEN_CORRELATION), on a log-q axis binned by SCREEN_BINNING (one matrix product
+        for all references)."""
+        phases = [ph for c in classes for ph in self._class_phases.get(int(c), ())]
+        if not phases or np.flatnonzero(mask).size < 8:
+            return []
+        padded, in_range = self._log_residual(residual, mask)
+        n = len(self._log_grid) // SCREEN_BINNING * SCREEN_BINNING
+        y = padded[self._max_lag:self._max_lag + n].reshape(-1, SCREEN_BINNING).sum(1)
+        span = in_range[:n].reshape(-1, SCREEN_BINNING).any(1)
+        # centred: a noise floor (the residual is clipped at 0) matches a dense forest of lines, not peaks
+        y = np.where(span, y - y[span].mean(), 0.0)
+        lag = int(math.ceil(self._max_lag / SCREEN_BINNING))
+        shifted = np.lib.stride_tricks.sliding_window_view(np.pad(y, lag), y.size)  # (2 lag + 1, bins)
+        refs = self._screen_matrix()[phases] * span
+        # Pearson correlation with the centred residual: Σ ref·y over the norm of the centred ref
+        centred_norms = np.sqrt(np.maximum((refs**2).sum(1) - refs.sum(1) ** 2 / max(int(span.sum()), 1), 0.0))
+        scores = (refs @ shifted.T.astype(np.float32)).max(1) / (np.maximum(centred_norms, 1e-12)
+                                                                 * max(float(np.linalg.norm(y)), 1e-12))
+        per_class: dict[int, float] = {}
+        owner = np.repeat([int(c) for c in classes], [len(self._class_phases.get(int(c), ())) for c in classes])
+        for c, score in zip(owner, scores):
+            per_class[int(c)] = max(per_class.get(int(c), -1.0), float(score))
+        ranked = sorted(per_class.items(), key=lambda item: -item[1])
+        return [c for c, score in ranked[:self.screen] if score >= MIN_SCREEN_CORRELATION]
+
+    def _rendered_widths(self, q: np.ndarray, intensity: np.ndarray):
+        """Sticks rendered as Gaussians of each width of FIT_WIDTHS_Q: the narrowest directly,
+        the wider ones by convolving it with a Gaussian (FWHMs add in quadrature) through one
+        FFT, as a line-rich reference has thousands of sticks. Peak heights fall with width;
+        the fit is scale-free (cosine, then a fitted height)."""
+        n = self.grid.size
+        narrow = _gaussian_sum(self.grid, q, intensity, FIT_WIDTHS_Q[0])
+        yield narrow
+        if self._width_kernels is None:
+            size = 1 << int(math.ceil(math.log2(2 * n)))
+            step = self.grid[1] - self.grid[0]
+            kernels = []
+            for fwhm in FIT_WIDTHS_Q[1:]:
+                extra = math.sqrt(fwhm**2 - FIT_WIDTHS_Q[0] ** 2)
+                half = int(math.ceil(3.0 * extra / step))
+                offsets = np.arange(-half, half + 1)
+                kernel = np.exp(-4.0 * math.log(2.0) * (offsets * step / extra) ** 2)
+                circular = np.zeros(size)
+                circular[offsets % size] = kernel / kernel.sum()
+                kernels.append(np.fft.rfft(circular))
+            self._width_kernels = (size, kernels)
+        size, kernels = self._width_kernels
+        spectrum = np.fft.rfft(narrow, size)
+        for kernel in kernels:
+            yield np.clip(np.fft.irfft(spectrum * kernel, size)[:n], 0.0, None)
+
     def _fit(self, class_id: int, residual: np.ndarray, mask: np.ndarray) -> _Fit | None:
         measured = np.flatnonzero(mask)
         if measured.size < 8:
             return None
         lo, hi = self.grid[measured[0]], self.grid[measured[-1]]
-        y_log = np.interp(self._log_grid, np.log(self.grid), np.where(mask, residual, 0.0))
-        in_range = (self._log_grid >= math.log(lo)) & (self._log_grid <= math.log(hi))
-        y_log = np.where(in_range, y_log, 0.0)
-        padded = np.pad(y_log, self._max_lag)
+        padded, _ = self._log_residual(residual, mask)
         best = None
         for phase in self._class_phases.get(class_id, []):
             q, inten = self.model.sticks[phase]
@@ -146,14 +252,13 @@ class Identifier:
             if not keep.any():
                 continue
             q, inten = q[keep].astype(float), inten[keep].astype(float)
-            ref_log = _gaussian_sum(self._log_grid, np.log(q), inten, 0.004)
+            ref_log = self._reference_log(phase)
             # scores[j] = Σ_i y(i + lag_j) ref(i) for lags -max_lag..max_lag (zero-padded residual)
             scores = np.correlate(padded, ref_log, mode="valid")
             lag = int(np.argmax(scores)) - self._max_lag
             scale = math.exp(lag * self._dlog)  # measured q = reference q × scale
-            q_fit = q * scale
-            for fwhm in FIT_WIDTHS_Q:
-                r = _gaussian_sum(self.grid, q_fit, inten, fwhm) * mask
+            for rendered in self._rendered_widths(q * scale, inten):
+                r = rendered * mask
                 norm = float(np.linalg.norm(r))
                 if norm == 0:
                     continue
@@ -168,6 +273,43 @@ class Identifier:
         best.pattern = max(height, 0.0) * r
         return best
 
+    def _best_fit(self, classes, residual: np.ndarray, mask: np.ndarray, total: float):
+        """(class, fit, fraction of the signal explained, residual after) of the class among
+        `classes` whose fitted references remove the most signal; None if none fits."""
+        best = None
+        for c in classes:
+            fit = self._fit(c, residual, mask)
+            if fit is None:
+                continue
+            after = np.clip(residual - fit.pattern, 0.0, None)
+            explained = float(((residual**2).sum() - (after**2).sum()) / max(total, 1e-12))
+            if best is None or explained > best[2]:
+                best = (c, fit, explained, after)
+        return best
+
+    def _new_peaks(self, best, residual: np.ndarray, mask: np.ndarray, covered: np.ndarray, total: float) -> bool:
+        """Whether a screened phase's fit is evidence of peaks of its own: its shape follows the
+        residual's (Pearson correlation over the measured points at least MIN_SCREEN_CORRELATION:
+        a phase with a dense forest of lines only absorbs the noise floor and scores about 0), and
+        it explains `min_explained` of the signal where no phase found so far has peaks (not only
+        the misfit of those phases)."""
+        fitted, after = best[1].pattern[mask], best[3]
+        if fitted.std() == 0 or residual[mask].std() == 0:
+            return False
+        correlation = float(np.corrcoef(fitted, residual[mask])[0, 1])
+        elsewhere = float(((residual**2 - after**2) * ~covered).sum() / max(total, 1e-12))
+        return correlation >= MIN_SCREEN_CORRELATION and elsewhere >= self.min_explained
+
+    def _screened_fit(self, residual: np.ndarray, mask: np.ndarray, covered: np.ndarray, total: float,
+                      classes: np.ndarray):
+        """`_best_fit` of the `screen` classes among `classes` that best match the residual away
+        from the peaks found so far (a new phase shows new peaks), if it passes `_new_peaks`."""
+        if float((residual**2 * ~covered).sum()) < self.min_explained * max(total, 1e-12):
+            return None  # too little signal left away from the phases found to make a new one
+        screened = self._screened(residual * ~covered, mask, classes)
+        best = self._best_fit(screened, residual, mask, total)
+        return best if best is not None and self._new_peaks(best, residual, mask, covered, total) else None
+
     # -- the whole call ----------------------------------------------------------------------
     def identify(self, patterns, elements=None, sources=None) -> list[Identification]:
         """One `Identification` per pattern (`Diffractogram`s or arrays on the model grid)."""
@@ -180,15 +322,22 @@ class Identifier:
             str(getattr(p, "source", None) or getattr(p, "metadata", {}).get("source", f"pattern {i}"))
             for i, p in enumerate(patterns)]
         allowed_experts, allowed_classes = self.model.restriction(elements)
+        pool = (np.flatnonzero(allowed_classes.numpy()) if allowed_classes is not None
+                else np.arange(len(self.model.classes)))
+        if sum(len(self._class_phases.get(int(c), ())) for c in pool) > self.max_screened_references:
+            pool = pool[:0]  # too many references to screen each pattern against: the network alone proposes
         residual = prepared.x.astype(float).copy()
         mask = prepared.mask
         total = (residual**2).sum(1)
         found: list[list[PhaseMatch]] = [[] for _ in range(n)]
+        covered = np.zeros_like(residual, dtype=bool)  # where a phase found so far has peaks
         candidates: list[tuple] = [()] * n
         out_of_library = np.zeros(n, bool)
         active = prepared.ok.copy()
         names = self.model.classes
         for round_ in range(self.max_phases):
+            if round_:  # a phase explains at most what is left: stop where that is under min_explained
+                active &= (residual**2).sum(1) >= self.min_explained * np.maximum(total, 1e-12)
             rows = np.flatnonzero(active)
             if not rows.size:
                 break
@@ -206,16 +355,15 @@ class Identifier:
                              if p[c] >= floor and sims[j, c] >= self.model.open_set_threshold]
                 if round_ == 0 and not shortlist:
                     out_of_library[row] = True
-                best = None
-                for c in shortlist:  # the network proposes, the fit of the references decides
-                    fit = self._fit(c, residual[row], mask[row])
-                    if fit is None:
-                        continue
-                    after = np.clip(residual[row] - fit.pattern, 0.0, None)
-                    explained = float(((residual[row] ** 2).sum() - (after**2).sum()) / max(total[row], 1e-12))
-                    if best is None or explained > best[2]:
-                        best = (c, fit, explained, after)
-                if best is None or best[2] < (self.min_explained_first if round_ == 0 else self.min_explained):
+                needed = self.min_explained_first if round_ == 0 else self.min_explained
+                best = self._best_fit(shortlist, residual[row], mask[row], total[row])
+                proposed_by = "network"
+                if round_ and self.screen and (best is None or best[2] < needed):
+                    # the network never saw what a subtraction leaves: fit the classes that match it
+                    best = self._screened_fit(residual[row], mask[row], covered[row], total[row],
+                                              np.setdiff1d(pool, taken + shortlist))
+                    proposed_by = "screen"
+                if best is None or best[2] < needed:
                     if round_ == 0:  # no library phase explains the pattern
                         out_of_library[row] = True
                     active[row] = False
@@ -226,8 +374,9 @@ class Identifier:
                     formula=names[c], probability=round(float(p[c]), 4), similarity=round(float(sims[j, c]), 4),
                     reference=phase["name"], space_group_number=int(phase["space_group_number"]),
                     space_group_symbol=phase["space_group_symbol"], strain=round(fit.strain, 5),
-                    explained=round(explained, 4)))
+                    explained=round(explained, 4), proposed_by=proposed_by))
                 residual[row] = after
+                covered[row] |= fit.pattern > COVERED_FRACTION * fit.pattern.max()
                 if after.max() < self.min_residual:
                     active[row] = False
         seconds = (time.perf_counter() - started) / max(n, 1)
