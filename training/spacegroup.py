@@ -66,6 +66,7 @@ class TrainConfig:
     size: str = "resnet10"
     widths: list = field(default_factory=lambda: [32, 64, 128, 256])
     dropout: float = 0.1
+    position_bins: int = 0  # position-binned summary of the final map beside global pooling (0: none)
     max_atoms: int = 48  # conventional-cell atoms of the synthetic crystals (the CPU budget)
     max_orbits: int = 8
     wavelength: str = "CuKa1"
@@ -89,7 +90,8 @@ class TrainConfig:
 
     def resnet(self) -> ResNetConfig:
         try:
-            return ResNetConfig.named(self.size, widths=tuple(self.widths), dropout=self.dropout)
+            return ResNetConfig.named(self.size, widths=tuple(self.widths), dropout=self.dropout,
+                                      position_bins=self.position_bins)
         except ValueError as err:
             raise TrainingConfigError(str(err)) from None
 

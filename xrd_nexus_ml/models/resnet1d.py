@@ -34,6 +34,8 @@ class ResNetConfig:
     stem_kernel: int = 7
     stem_stride: int = 2
     dropout: float = 0.1
+    position_bins: int = 0  # > 0: also summarise the final map in this many position bins
+    position_width: int = 32  # channels of that summary (a 1x1 projection of the final map)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
@@ -42,6 +44,9 @@ class ResNetConfig:
             raise ValueError(f"depths {self.depths} and widths {self.widths} must be non-empty and of equal length")
         if min(self.depths) < 1 or min(self.widths) < 1 or self.stem_stride < 1 or self.stem_kernel < 1:
             raise ValueError("depths, widths, stem_kernel and stem_stride must be positive")
+        if min(self.position_bins, self.position_width) < 0 or (self.position_bins and not self.position_width):
+            raise ValueError(f"position_bins ({self.position_bins}) must be >= 0 and position_width "
+                             f"({self.position_width}) positive when bins are used")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -83,7 +88,13 @@ class BasicBlock1D(nn.Module):
 
 
 class ResNet1D(nn.Module):
-    """Trunk: stem convolution, max-pool, stages (first block of each later stage halves L)."""
+    """Trunk: stem convolution, max-pool, stages (first block of each later stage halves L).
+
+    Global average pooling makes the features blind to where peaks are, yet a space group is
+    read from peak positions (their ratios) across the whole pattern, farther apart than a
+    small net's receptive field. `position_bins` > 0 adds the final map averaged in that many
+    position bins (after a 1x1 projection to `position_width` channels), as the
+    identification experts do."""
 
     def __init__(self, config: ResNetConfig):
         super().__init__()
@@ -100,10 +111,19 @@ class ResNet1D(nn.Module):
                 c_in = width
         self.blocks = nn.Sequential(*blocks)
         self.out_features = c_in
+        self.positions = None
+        if config.position_bins:
+            self.positions = nn.Sequential(nn.Conv1d(c_in, config.position_width, 1, bias=False),
+                                           nn.BatchNorm1d(config.position_width), nn.ReLU(inplace=True),
+                                           nn.AdaptiveAvgPool1d(config.position_bins), nn.Flatten())
+            self.out_features = c_in + config.position_width * config.position_bins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, L) -> (B, out_features) pooled features."""
-        return self.blocks(self.stem(x)).mean(dim=2)
+        y = self.blocks(self.stem(x))
+        if self.positions is None:
+            return y.mean(dim=2)
+        return torch.cat([y.mean(dim=2), self.positions(y)], dim=1)
 
 
 class SymmetryClassifier(nn.Module):
