@@ -66,7 +66,7 @@ class TrainConfig:
     size: str = "resnet10"
     widths: list = field(default_factory=lambda: [32, 64, 128, 256])
     dropout: float = 0.1
-    position_bins: int = 0  # position-binned summary of the final map beside global pooling (0: none)
+    position_bins: int = 32  # position-binned summary of the final map beside global pooling (0: none)
     max_atoms: int = 48  # conventional-cell atoms of the synthetic crystals (the CPU budget)
     max_orbits: int = 8
     wavelength: str = "CuKa1"
