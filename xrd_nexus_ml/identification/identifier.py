@@ -148,6 +148,7 @@ class Identifier:
         self._class_phases: dict[int, list[int]] = {}
         for i, p in enumerate(model.phases):
             self._class_phases.setdefault(int(p["class_id"]), []).append(i)
+        self._class_sizes = np.array([len(self._class_phases.get(c, ())) for c in range(len(model.classes))])
         # log-q axis for the strain search
         self._log_grid = np.linspace(math.log(model.grid.q_min), math.log(model.grid.q_max), model.grid.n_points)
         self._dlog = self._log_grid[1] - self._log_grid[0]
@@ -209,12 +210,10 @@ class Identifier:
         products = torch.from_numpy(refs) @ torch.from_numpy(np.ascontiguousarray(shifted.T, dtype=np.float32))
         scores = products.max(1).values.numpy() / (np.maximum(centred_norms, 1e-12)
                                                    * max(float(np.linalg.norm(y)), 1e-12))
-        per_class: dict[int, float] = {}
-        owner = np.repeat([int(c) for c in classes], [len(self._class_phases.get(int(c), ())) for c in classes])
-        for c, score in zip(owner, scores):
-            per_class[int(c)] = max(per_class.get(int(c), -1.0), float(score))
-        ranked = sorted(per_class.items(), key=lambda item: -item[1])
-        return [c for c, score in ranked[:self.screen] if score >= MIN_SCREEN_CORRELATION]
+        per_class = np.full(len(classes), -np.inf)  # a class scores as its best reference
+        np.maximum.at(per_class, np.repeat(np.arange(len(classes)), self._class_sizes[classes]), scores)
+        order = np.argsort(-per_class, kind="stable")[:self.screen]
+        return [int(classes[i]) for i in order if per_class[i] >= MIN_SCREEN_CORRELATION]
 
     def _rendered_widths(self, q: np.ndarray, intensity: np.ndarray):
         """Sticks rendered as Gaussians of each width of FIT_WIDTHS_Q: the narrowest directly,
@@ -327,7 +326,7 @@ class Identifier:
         allowed_experts, allowed_classes = self.model.restriction(elements)
         pool = (np.flatnonzero(allowed_classes.numpy()) if allowed_classes is not None
                 else np.arange(len(self.model.classes)))
-        if sum(len(self._class_phases.get(int(c), ())) for c in pool) > self.max_screened_references:
+        if self._class_sizes[pool].sum() > self.max_screened_references:
             pool = pool[:0]  # too many references to screen each pattern against: the network alone proposes
         residual = prepared.x.astype(float).copy()
         mask = prepared.mask
