@@ -18,7 +18,7 @@ from training.identify import BuildConfig, build_model
 from xrd_nexus_ml.cli import main
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
-from xrd_nexus_ml.identification.library import LibraryError, formula_elements, load_cif_library
+from xrd_nexus_ml.identification.library import LibraryError, default_library, formula_elements, load_cif_library
 from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
 from xrd_nexus_ml.io import read_pattern
@@ -195,13 +195,17 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     for scores in (mixtures["with_screen"], mixtures["network_only"]):
         assert 0 <= scores["recall"] <= 1 and 0 <= scores["precision"] <= 1 and scores["seconds_per_pattern"] > 0
     llzo = Path(__file__).parent / "data" / "autoanalyzer" / "li-la-zr-o" / "References"
-    assert main([*args, "--unknown", str(llzo)]) == 0
+    assert main([*args, "--unknown", str(llzo), "--unknown", "aflow"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["model_reused"] and second["model"] == first["model"]
     inside, foreign = second["open_set"]["in_library"], second["open_set"]["foreign"]
     assert inside["n_patterns"] == len(FEW) and 0 <= inside["top1"] <= 1
-    assert foreign["n_patterns"] == 28  # every Li-La-Zr-O phase: none of their compositions is among the six
-    assert 0 <= foreign["out_of_library_rate"] <= 1
+    by_source = second["open_set"]["foreign_by_source"]
+    assert by_source[str(llzo)]["n_patterns"] == 28  # every Li-La-Zr-O phase: no composition is among the six
+    assert by_source["aflow"]["n_patterns"] > 250  # the AFLOW prototypes and calibrants, minus the six's compositions
+    assert foreign["n_patterns"] == sum(m["n_patterns"] for m in by_source.values())
+    assert 0 <= foreign["out_of_library_rate"] <= 1 and set(foreign["named_a_phase"]) <= {
+        p.name for p in load_cif_library(llzo).phases} | {p.name for p in default_library().phases}
 
 
 def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):

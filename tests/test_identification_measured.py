@@ -2,17 +2,20 @@
 
 These pin what the iterative subtraction does on real laboratory data: the screen of all
 classes finds minor phases the network does not propose, and does not add phases to
-single-phase patterns."""
+single-phase patterns; phases that leave most of a foreign pattern unexplained are not named."""
 
 from __future__ import annotations
 
 import pytest
+from pymatgen.core import Lattice, Structure
 
 from xrd_nexus_ml.identification.commands import resolve_model
 from xrd_nexus_ml.identification.identifier import Identifier
 from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.identification.truth import pattern_files, read_truth
 from xrd_nexus_ml.io import read_pattern
+from xrd_nexus_ml.physics import PowderSimulator
+from xrd_nexus_ml.references import calibrant_structure
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,20 @@ def test_a_single_phase_pattern_gets_no_phase_from_the_misfit_of_its_own(model, 
 def test_screen_is_skipped_when_the_library_is_too_large_to_screen(model, measured):
     results = _identify(model, measured, max_screened_references=10)
     assert results["Li2MnO3+MnO+TiO2.xy"].formulas == ("MnO",)
+
+
+def test_phases_that_explain_less_than_half_of_a_foreign_pattern_are_not_named(model, measured):
+    # Neither the calibrant CeO2 (fluorite) nor W (bcc) is in the Li-Mn-Ti-O-F library; without
+    # the rule, a line-rich fluoride and rock-salt MnO "explain" about a third of their patterns
+    structures = [calibrant_structure("CeO2"), Structure(Lattice.cubic(3.165), ["W", "W"],
+                                                         [[0, 0, 0], [0.5, 0.5, 0.5]])]
+    patterns = list(PowderSimulator(wavelength="CuKa1").simulate(structures).numpy())
+    loose = Identifier(model, min_explained_total=0.0).identify(patterns)
+    strict = Identifier(model).identify(patterns)
+    for before, after in zip(loose, strict):
+        assert before.phases and not before.out_of_library and before.explained < 0.5
+        assert after.out_of_library and after.phases == ()
+        assert after.explained == pytest.approx(before.explained)  # still reported
+    names, _, _ = measured
+    named = _identify(model, measured)
+    assert all(named[n].explained >= 0.5 and not named[n].out_of_library for n in names)

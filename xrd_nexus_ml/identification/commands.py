@@ -135,8 +135,9 @@ def cmd_classify(args) -> int:
             continue
         phases = ", ".join(f"{p['formula']} ({p['space_group_symbol']}, p={p['probability']:.2f})"
                            for p in r["phases"]) or "no phase"
-        unknown = "  [OUT OF LIBRARY: nearest " + ", ".join(c["formula"] for c in r["candidates"][:3]) + "]" \
-            if r["out_of_library"] else ""
+        explained = f"library phases explain {r['explained']:.0%}; " if r["explained"] > 0 else ""
+        unknown = f"  [OUT OF LIBRARY: {explained}nearest " + ", ".join(c["formula"] for c in r["candidates"][:3]) + \
+            "]" if r["out_of_library"] else ""
         print(f"{r['source']}: {phases}{unknown}  ({1000 * r['seconds']:.1f} ms)" +
               (f"  -> {r['png']}" if r.get("png") else ""))
         if "symmetry" in r:
@@ -154,36 +155,51 @@ def cached_model_dir(library, cache_dir: Path, steps: int, seed: int) -> Path:
     return Path(cache_dir) / f"identify-{digest}"
 
 
-def open_set_check(identifier, library, unknown_dir, seed: int = 0) -> dict:
+def unknown_phases(source: str):
+    """The phases of an `--unknown` source: a folder of CIFs, or "aflow" (the AFLOW prototypes
+    and calibrants of the shipped default library)."""
+    from xrd_nexus_ml.identification.library import default_library, load_cif_library
+
+    return (default_library() if source.lower() == "aflow" else load_cif_library(source)).phases
+
+
+def open_set_check(identifier, library, unknown, seed: int = 0) -> dict:
     """Simulated patterns (Debye-Waller, crystallite size 20-100 nm, background, Poisson noise)
-    of the library's own references and of the phases in `unknown_dir` whose composition the
-    library lacks: how often each is called out of library, and top-1 on the known ones."""
-    from xrd_nexus_ml.identification.library import load_cif_library
+    of the library's own references and of the phases of each `unknown` source (see
+    `unknown_phases`) whose composition the library lacks: how often each is called out of
+    library ("foreign" pools the sources, "foreign_by_source" splits them), and top-1 on the
+    known ones."""
     from xrd_nexus_ml.physics import PowderSimulator
     from xrd_nexus_ml.physics.augment import Background, Compose, CrystalliteSize, PoissonNoise, RandomDebyeWaller
 
+    sources = [unknown] if isinstance(unknown, (str, Path)) else list(unknown)
     known = set(library.classes)
-    foreign = [p for p in load_cif_library(unknown_dir).phases if p.formula not in known]
+    foreign = {str(s): [p for p in unknown_phases(str(s)) if p.formula not in known] for s in sources}
     sim = PowderSimulator(wavelength="CuKa1", device="cpu")
     noise = Compose((RandomDebyeWaller(), CrystalliteSize(size_nm=(20.0, 100.0)), Background(),
                      PoissonNoise(max_counts=(1e3, 1e4))))
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, phases in (("in_library", library.phases), ("foreign", foreign)):
+
+    def identified(phases):
         if not phases:
-            out[name] = {"n_patterns": 0}
-            continue
+            return []
         patterns = sim.simulate([p.structure for p in phases], augment=noise, generator=generator).numpy()
-        results = identifier.identify(list(patterns), sources=[p.name for p in phases])
-        flagged = [r.out_of_library for r in results]
-        out[name] = {"n_patterns": len(phases), "out_of_library_rate": float(np.mean(flagged))}
-        if name == "in_library":
-            out[name]["top1"] = float(np.mean([bool(r.phases) and r.phases[0].formula == p.formula
-                                               for r, p in zip(results, phases)]))
-        else:
-            out[name]["named_a_phase"] = [p.name for p, r in zip(phases, results) if r.phases]
+        return identifier.identify(list(patterns), sources=[p.name for p in phases])
+
+    def rate(results):
+        return float(np.mean([r.out_of_library for r in results])) if results else float("nan")
+
+    results = identified(library.phases)
+    out = {"in_library": {"n_patterns": len(results), "out_of_library_rate": rate(results),
+                          "top1": float(np.mean([bool(r.phases) and r.phases[0].formula == p.formula
+                                                 for r, p in zip(results, library.phases)]))}}
+    by_source = {s: identified(phases) for s, phases in foreign.items()}
+    pooled = [r for results in by_source.values() for r in results]
+    out["foreign"] = {"n_patterns": len(pooled), "out_of_library_rate": rate(pooled),
+                      "named_a_phase": [r.source for r in pooled if r.phases]}
+    out["foreign_by_source"] = {s: {"n_patterns": len(r), "out_of_library_rate": rate(r)} for s, r in by_source.items()}
     return out
 
 
@@ -315,7 +331,9 @@ def cmd_evaluate_identify(args) -> int:
         inside, foreign = result["open_set"]["in_library"], result["open_set"]["foreign"]
         print(f"open set (simulated): {inside['n_patterns']} library phases top-1 {inside['top1']:.2f}, called out "
               f"of library {inside['out_of_library_rate']:.2f}; {foreign['n_patterns']} foreign phases called out of "
-              f"library {foreign.get('out_of_library_rate', float('nan')):.2f}")
+              f"library {foreign['out_of_library_rate']:.2f}")
+        for source, m in result["open_set"]["foreign_by_source"].items():
+            print(f"    {source}: {m['n_patterns']} foreign phases, out of library {m['out_of_library_rate']:.2f}")
     return 0
 
 
@@ -362,9 +380,10 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     e.add_argument("--wavelength", default="CuKa", help="Å or anode name for two-column 2θ files (default CuKa)")
     e.add_argument("--elements", default=None, help="comma-separated elements that may be present")
     e.add_argument("--max-phases", type=int, default=3)
-    e.add_argument("--unknown", default=None, metavar="CIF_DIR",
+    e.add_argument("--unknown", action="append", default=None, metavar="CIF_DIR|aflow",
                    help="also simulate these phases (those not in the library) and report how often they are "
-                        "called out of library, beside the library's own phases")
+                        "called out of library, beside the library's own phases; 'aflow': the AFLOW prototypes "
+                        "and calibrants of the default library; may be repeated")
     e.add_argument("--steps", type=int, default=1500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default=None, help="where built models are kept (default ~/.cache/xrd-nexus-ml)")
