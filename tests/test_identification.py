@@ -139,7 +139,8 @@ def test_reference_fit_recovers_strain_and_removes_the_phase(tiny_model):
     pattern /= pattern.max()
     mask = (grid > 0.7) & (grid < 5.0)
     pattern *= mask
-    fit = identifier._fit(model.phases[phase]["class_id"], pattern, mask)
+    padded, _ = identifier._log_residual(pattern, mask)
+    fit = identifier._fit(model.phases[phase]["class_id"], pattern, mask, padded)
     assert fit.phase == phase
     assert fit.strain == pytest.approx(1 / 1.02 - 1, abs=0.002)
     residual = np.clip(pattern - fit.pattern, 0, None)

@@ -47,6 +47,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import scipy.fft
 import torch
 
 from xrd_nexus_ml.identification.model import IdentificationModel
@@ -234,8 +235,11 @@ class Identifier:
         narrow = _gaussian_sum(self.grid, q, intensity, FIT_WIDTHS_Q[0])
         yield narrow
         if self._width_kernels is None:
-            size = 1 << int(math.ceil(math.log2(2 * n)))
             step = self.grid[1] - self.grid[0]
+            widest = int(math.ceil(3.0 * FIT_WIDTHS_Q[-1] / step))
+            # long enough that no kernel tail wraps onto the grid, and a fast FFT length (4320, not
+            # the 8192 of a power of two: the wider widths cost 1.5x less)
+            size = scipy.fft.next_fast_len(n + widest, real=True)
             kernels = []
             for fwhm in FIT_WIDTHS_Q[1:]:
                 extra = math.sqrt(fwhm**2 - FIT_WIDTHS_Q[0] ** 2)
@@ -251,12 +255,10 @@ class Identifier:
         for kernel in kernels:
             yield np.clip(np.fft.irfft(spectrum * kernel, size)[:n], 0.0, None)
 
-    def _fit(self, class_id: int, residual: np.ndarray, mask: np.ndarray) -> _Fit | None:
+    def _fit(self, class_id: int, residual: np.ndarray, mask: np.ndarray, padded: np.ndarray) -> _Fit | None:
+        """The best-fitting reference of `class_id` (padded: `_log_residual` of the residual)."""
         measured = np.flatnonzero(mask)
-        if measured.size < 8:
-            return None
         lo, hi = self.grid[measured[0]], self.grid[measured[-1]]
-        padded, _ = self._log_residual(residual, mask)
         best = None
         for phase in self._class_phases.get(class_id, []):
             q, inten = self.model.sticks[phase]
@@ -289,8 +291,11 @@ class Identifier:
         """(class, fit, fraction of the signal explained, residual after) of the class among
         `classes` whose fitted references remove the most signal; None if none fits."""
         best = None
+        if not len(classes) or np.count_nonzero(mask) < 8:
+            return None
+        padded, _ = self._log_residual(residual, mask)  # once for every class
         for c in classes:
-            fit = self._fit(c, residual, mask)
+            fit = self._fit(c, residual, mask, padded)
             if fit is None:
                 continue
             after = np.clip(residual - fit.pattern, 0.0, None)
