@@ -27,16 +27,19 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def serve(listen: str, publish: str | None = None, store: str | Path | None = None, nexus_dir: str | Path | None = None,
           device: str = "auto", batch_size: int = 64, max_queue: int = 4096, ready=None,
-          spacegroup_model: str | None = "default", identification_model: str | None = "default") -> None:
+          spacegroup_model: str | None = "default", identification_model: str | None = "default",
+          identification_options: dict | None = None) -> None:
     """Classify every run arriving at `listen` until interrupted (SIGINT/SIGTERM).
-    spacegroup_model / identification_model: as `InferenceEngine.from_bundles` (None: not run)."""
+    spacegroup_model / identification_model / identification_options: as
+    `InferenceEngine.from_bundles` (None: not run)."""
     from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
 
     from bluesky_callbacks.classifier import ClassifierCallback
     from xrd_nexus_ml.inference import InferenceEngine
 
     engine = InferenceEngine.from_bundles(device=device, spacegroup_model=spacegroup_model,
-                                          identification_model=identification_model)
+                                          identification_model=identification_model,
+                                          identification_options=identification_options)
     classifier = ClassifierCallback(engine, batch_size=batch_size, max_queue=max_queue)
     dispatcher = RemoteDispatcher(parse_address(listen))
     closers = []
@@ -80,8 +83,11 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
 
 def cmd_serve(args) -> int:
     """The CLI command."""
+    from xrd_nexus_ml.cli import identification_options
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve(args.zmq, publish=args.publish, store=args.store, nexus_dir=args.nexus_dir, device=args.device,
           batch_size=args.batch_size, max_queue=args.max_queue, spacegroup_model=args.spacegroup_model,
-          identification_model=args.identification_model, ready=lambda: print(f"serving {args.zmq}", flush=True))
+          identification_model=args.identification_model, identification_options=identification_options(args),
+          ready=lambda: print(f"serving {args.zmq}", flush=True))
     return 0

@@ -118,7 +118,7 @@ FIELD_UNITS: dict[str, str] = {
 PROCESS_PARAMETERS = "parameters"
 PROCESS_MODELS = "models"
 PROCESS_RESULTS = "results"
-MODEL_FIELDS = ("model_id", "task", "kind", "version", "card", "device")
+MODEL_FIELDS = ("model_id", "task", "kind", "version", "card", "device", "settings")
 
 #: Fill of the `flag` field where no prediction record has arrived for a frame.
 NO_PREDICTION = "no_prediction"

@@ -104,3 +104,15 @@ def test_frames_for_the_space_group_model_keep_their_background():
 ])
 def test_the_sample_elements_come_from_the_start_document(start, expected):
     assert _sample_elements(start) == expected
+
+
+def test_identification_options_reach_the_identifier_and_its_provenance(engine, frames):
+    assert engine.provenance[-1].settings == ""  # the defaults
+    fast = InferenceEngine.from_bundles(device="cpu", identification_model="default",
+                                        identification_options={"screen": 0})
+    (stage,) = fast.stages
+    assert stage.identifier.screen == 0
+    assert fast.provenance[-1].task == "material_identification" and fast.provenance[-1].settings == '{"screen": 0}'
+    assert fast.provenance[-1].to_dict()["settings"] == '{"screen": 0}'  # what the derived run's start carries
+    records = fast.new_run().classify(frames[:-1])
+    assert all(r.material or r.material_out_of_library for r in records)

@@ -67,6 +67,7 @@ def test_raw_events_and_paged_predictions_make_one_file(tmp_path):
         assert math.isnan(r["transition_pressure"][0]) and r["transition_pressure"][3] == 14.0
         assert strings(r["raw_uid"])[0] == raw.frames[0][0][1]["uid"]
         assert strings(e["predictions/models/model_id"]) == [m["model_id"] for m in runs.MODELS]
+        assert strings(e["predictions/models/settings"]) == ["", '{"top_k": 2}']  # an older record has none
         assert strings(e["predictions/parameters/phase_names"]) == runs.PHASES
         assert strings(e["predictions/parameters/original_run_uid"]) == [raw.uid]
         assert strings(e["predictions/parameters/derived_run_uid"]) == [derived.uid]

@@ -194,6 +194,14 @@ def _add_live_model_arguments(p: argparse.ArgumentParser, default: str = "defaul
     p.add_argument("--identification-model", default=default,
                    help="material-identification model: a bundle folder, a shipped name ('default') or 'none' "
                         f"(default: {default})")
+    p.add_argument("--identification-screen", type=int, default=None, metavar="N",
+                   help="classes the identification screen fits for a later phase the network did not propose "
+                        "(default 3; 0: the network's proposals only, faster live; recorded in the provenance)")
+
+
+def identification_options(args) -> dict | None:
+    """`InferenceEngine.from_bundles(identification_options=...)` from the live model arguments."""
+    return None if args.identification_screen is None else {"screen": args.identification_screen}
 
 
 def build_parser() -> argparse.ArgumentParser:

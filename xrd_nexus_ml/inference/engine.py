@@ -9,6 +9,7 @@ here: the callback, `classify FILE.nxs` and the evaluations all call `RunClassif
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -91,10 +92,12 @@ class Frame:
             return y
 
 
-def _provenance(task: str, kind: str, card: Path, device: torch.device) -> ModelProvenance:
+def _provenance(task: str, kind: str, card: Path, device: torch.device,
+                options: dict | None = None) -> ModelProvenance:
     digest = weights_digest(card.parent)
     return ModelProvenance(model_id=f"{task}/{kind}@{digest}", task=task, kind=kind,
-                           version=__version__, card=str(card), device=str(device))
+                           version=__version__, card=str(card), device=str(device),
+                           settings=json.dumps(options, sort_keys=True) if options else "")
 
 
 class InferenceEngine:
@@ -127,11 +130,14 @@ class InferenceEngine:
     @classmethod
     def from_bundles(cls, phase_model: str | Path = DEFAULT_PHASE_MODEL, gate_model: str | Path | None = DEFAULT_GATE_MODEL,
                      threshold: float = DEFAULT_THRESHOLD, device="auto", spacegroup_model: str | Path | None = None,
-                     identification_model: str | Path | None = None, **kwargs) -> InferenceEngine:
+                     identification_model: str | Path | None = None, identification_options: dict | None = None,
+                     **kwargs) -> InferenceEngine:
         """Load bundles by folder, or by shipped name ("transition/end_to_end").
 
         spacegroup_model / identification_model: a bundle folder, "default" (the shipped
-        model), or None / "none" (not run: their record fields stay empty)."""
+        model), or None / "none" (not run: their record fields stay empty).
+        identification_options: keyword arguments of `Identifier` (e.g. {"screen": 0}, the
+        network's proposals only: faster live); recorded in the model's provenance."""
         resolved = resolve_device(device)
         spacegroup_model, identification_model = (
             None if m is None or str(m).lower() == "none" else m for m in (spacegroup_model, identification_model))
@@ -165,9 +171,11 @@ class InferenceEngine:
             from xrd_nexus_ml.identification.model import KIND as IDENTIFICATION_KIND
 
             identification_dir = resolve_model(str(identification_model))
-            stages.append(IdentificationStage(Identifier.from_bundle(identification_dir)))
+            stages.append(IdentificationStage(Identifier.from_bundle(identification_dir,
+                                                                     **(identification_options or {}))))
             provenance.append(_provenance("material_identification", IDENTIFICATION_KIND,
-                                          identification_dir / "card.json", torch.device("cpu")))
+                                          identification_dir / "card.json", torch.device("cpu"),
+                                          identification_options))
         return cls(model, gate, device=resolved, provenance=provenance, stages=stages, **kwargs)
 
     def new_run(self, changepoint_options: dict | None = None, elements: Sequence[str] | None = None) -> RunClassifier:

@@ -34,6 +34,7 @@ class ModelProvenance:
     version: str  # xrd-nexus-ml version that ran it
     card: str  # path of the model card it was loaded from
     device: str  # "cpu", "cuda:0", ...
+    settings: str = ""  # JSON of the options it ran with when not its defaults (they change its answers)
 
     def to_dict(self) -> dict:
         return asdict(self)

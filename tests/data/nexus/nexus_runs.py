@@ -21,7 +21,7 @@ MODELS = [
     {"model_id": "phase_identification/end_to_end@0123456789ab", "task": "phase_identification",
      "kind": "end_to_end", "version": "0.1.0", "card": "", "device": "cpu"},
     {"model_id": "transition/end_to_end@ba9876543210", "task": "transition", "kind": "end_to_end",
-     "version": "0.1.0", "card": "", "device": "cpu"},
+     "version": "0.1.0", "card": "", "device": "cpu", "settings": '{"top_k": 2}'},
 ]
 ENERGY = 25.6  # keV, PETRA III P02.2
 
