@@ -175,6 +175,9 @@ def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys):
         assert Path(r["png"]).is_file() and Path(r["png"]).stat().st_size > 10_000
     assert main(["classify", files[0], "--model", str(tmp_path / "missing")]) == 2
     assert "neither a model bundle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["classify", files[0], "--max-strain", "4"])
+    assert exit_.value.code == 2 and "expected a fraction between 0 and 0.5" in capsys.readouterr().err
 
 
 def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, capsys):
@@ -196,9 +199,10 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     for scores in (mixtures["with_screen"], mixtures["network_only"]):
         assert 0 <= scores["recall"] <= 1 and 0 <= scores["precision"] <= 1 and scores["seconds_per_pattern"] > 0
     llzo = Path(__file__).parent / "data" / "autoanalyzer" / "li-la-zr-o" / "References"
-    assert main([*args, "--unknown", str(llzo), "--unknown", "aflow"]) == 0
+    assert main([*args, "--unknown", str(llzo), "--unknown", "aflow", "--max-strain", "0.015"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["model_reused"] and second["model"] == first["model"]
+    assert first["max_strain"] == 0.04 and second["max_strain"] == 0.015
     inside, foreign = second["open_set"]["in_library"], second["open_set"]["foreign"]
     assert inside["n_patterns"] == len(FEW) and 0 <= inside["top1"] <= 1
     by_source = second["open_set"]["foreign_by_source"]

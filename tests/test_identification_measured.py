@@ -11,11 +11,14 @@ from pymatgen.core import Lattice, Structure
 
 from xrd_nexus_ml.identification.commands import resolve_model
 from xrd_nexus_ml.identification.identifier import Identifier
+from xrd_nexus_ml.identification.library import load_cif_library
 from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.identification.truth import pattern_files, read_truth
 from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.physics import PowderSimulator
 from xrd_nexus_ml.references import calibrant_structure
+
+from conftest import LMTOF_REFERENCES
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +80,16 @@ def test_phases_that_explain_less_than_half_of_a_foreign_pattern_are_not_named(m
     names, _, _ = measured
     named = _identify(model, measured)
     assert all(named[n].explained >= 0.5 and not named[n].out_of_library for n in names)
+
+
+def test_the_strain_window_decides_how_far_a_lattice_may_be_off(model):
+    mno = next(p for p in load_cif_library(LMTOF_REFERENCES).phases if p.formula == "MnO")
+    expanded = mno.structure.copy()
+    expanded.scale_lattice(expanded.volume * 1.03**3)  # 3 % larger cell, as at high temperature
+    pattern = PowderSimulator(wavelength="CuKa1").simulate([expanded]).numpy()[0]
+    wide = Identifier(model).identify([pattern])[0]
+    assert wide.formulas[0] == "MnO" and wide.phases[0].strain == pytest.approx(0.03, abs=0.004)
+    narrow = Identifier(model, max_strain=0.015).identify([pattern])[0]
+    assert "MnO" not in narrow.formulas
+    with pytest.raises(ValueError, match="max_strain"):
+        Identifier(model, max_strain=0.0)

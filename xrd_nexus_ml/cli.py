@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_live_model_arguments(p)
     p.set_defaults(func=cmd_serve)
 
+    from xrd_nexus_ml.identification.commands import STRAIN_HELP, strain_fraction
+
     p = sub.add_parser("classify", help="identify the phases of pattern files; NeXus files: phase-transition "
                                         "predictions in a new NXprocess group")
     p.add_argument("files", nargs="+", help="pattern files (.xy, .xye, .xrdml, .npy, ...) and/or NeXus/HDF5 files")
@@ -322,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: 'default')")
     p.add_argument("--elements", default=None, help="comma-separated elements that may be present, e.g. Li,Mn,Ti,O")
     p.add_argument("--max-phases", type=int, default=3, help="most phases reported per pattern")
+    p.add_argument("--max-strain", type=strain_fraction, default=None, metavar="FRACTION", help=STRAIN_HELP)
     p.add_argument("--spacegroup-model", default="default",
                    help="space-group model: a bundle folder, 'default' (shipped) or 'none' (skip)")
     p.add_argument("--plot", nargs="?", const=".", default=None, metavar="DIR",

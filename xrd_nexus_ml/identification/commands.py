@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import time
@@ -21,6 +22,21 @@ from xrd_nexus_ml.errors import ModelBundleError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "models" / "identification"
 NEXUS_SUFFIXES = (".nxs", ".h5", ".hdf5", ".nx5", ".hdf")
+STRAIN_HELP = ("largest relative lattice mismatch a reference is fitted with (default 0.04, for in-situ series; "
+               "0.015 suits ex-situ laboratory patterns and calls more foreign phases out of library)")
+
+
+def strain_fraction(text: str) -> float:
+    """argparse type of --max-strain: a fraction in (0, 0.5)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 0.5 (0.015 = 1.5 %), got {text!r}")
+    return value
 
 
 def resolve_model(name_or_path: str | None) -> Path:
@@ -81,13 +97,16 @@ def cmd_train_identify(args) -> int:
 
 
 def classify_patterns(files, model: str | None = None, elements=None, wavelength=None, max_phases: int = 3,
-                      plot_dir: str | None = None, spacegroup_model: str | None = "default") -> list[dict]:
+                      plot_dir: str | None = None, spacegroup_model: str | None = "default",
+                      max_strain: float | None = None) -> list[dict]:
     """Identify the phases of pattern files; one dict per file (see `Identification.to_dict`), with
-    the space-group model's answer under "symmetry" unless `spacegroup_model` is None."""
+    the space-group model's answer under "symmetry" unless `spacegroup_model` is None.
+    max_strain: see `Identifier` (None: its default)."""
     from xrd_nexus_ml.identification.identifier import Identifier
     from xrd_nexus_ml.io import read_pattern
 
-    identifier = Identifier.from_bundle(resolve_model(model), max_phases=max_phases)
+    strain = {} if max_strain is None else {"max_strain": max_strain}
+    identifier = Identifier.from_bundle(resolve_model(model), max_phases=max_phases, **strain)
     patterns = [read_pattern(f, wavelength=wavelength) for f in files]
     results = identifier.identify(patterns, elements=elements, sources=[str(f) for f in files])
     symmetry = [None] * len(patterns)
@@ -123,7 +142,8 @@ def cmd_classify(args) -> int:
         return status
     records = classify_patterns(patterns, args.model, parse_elements(args.elements), args.wavelength,
                                 args.max_phases, args.plot,
-                                None if args.spacegroup_model == "none" else args.spacegroup_model)
+                                None if args.spacegroup_model == "none" else args.spacegroup_model,
+                                max_strain=args.max_strain)
     if args.json:
         print(json.dumps(records, indent=2, default=float))
         return status
@@ -164,20 +184,22 @@ def unknown_phases(source: str):
 
 
 def open_set_check(identifier, library, unknown, seed: int = 0) -> dict:
-    """Simulated patterns (Debye-Waller, crystallite size 20-100 nm, background, Poisson noise)
-    of the library's own references and of the phases of each `unknown` source (see
-    `unknown_phases`) whose composition the library lacks: how often each is called out of
-    library ("foreign" pools the sources, "foreign_by_source" splits them), and top-1 on the
-    known ones."""
+    """Simulated patterns (lattice ±1 % off the reference, Debye-Waller, crystallite size
+    20-100 nm, background, Poisson noise) of the library's own references and of the phases
+    of each `unknown` source (see `unknown_phases`) whose composition the library lacks: how
+    often each is called out of library ("foreign" pools the sources, "foreign_by_source"
+    splits them), and top-1 on the known ones."""
     from xrd_nexus_ml.physics import PowderSimulator
-    from xrd_nexus_ml.physics.augment import Background, Compose, CrystalliteSize, PoissonNoise, RandomDebyeWaller
+    from xrd_nexus_ml.physics.augment import (Background, Compose, CrystalliteSize, LatticeStrain, PoissonNoise,
+                                              RandomDebyeWaller)
 
     sources = [unknown] if isinstance(unknown, (str, Path)) else list(unknown)
     known = set(library.classes)
     foreign = {str(s): [p for p in unknown_phases(str(s)) if p.formula not in known] for s in sources}
     sim = PowderSimulator(wavelength="CuKa1", device="cpu")
-    noise = Compose((RandomDebyeWaller(), CrystalliteSize(size_nm=(20.0, 100.0)), Background(),
-                     PoissonNoise(max_counts=(1e3, 1e4))))
+    # a measured cell is rarely the reference's: the laboratory patterns of both examples fit within 1 %
+    noise = Compose((LatticeStrain(strain_range=(-0.01, 0.01)), RandomDebyeWaller(),
+                     CrystalliteSize(size_nm=(20.0, 100.0)), Background(), PoissonNoise(max_counts=(1e3, 1e4))))
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -238,7 +260,7 @@ def simulated_mixtures(library, n: int = 200, seed: int = 0) -> tuple[np.ndarray
     return np.asarray(patterns), truth
 
 
-def mixture_check(model, library, n: int = 200, seed: int = 0, max_phases: int = 3) -> dict:
+def mixture_check(model, library, n: int = 200, seed: int = 0, max_phases: int = 3, **options) -> dict:
     """Formula-level scores on `simulated_mixtures`, with the screen of all classes for later
     phases and without it (network proposals only), on the same patterns."""
     from xrd_nexus_ml.identification.identifier import Identifier
@@ -246,7 +268,7 @@ def mixture_check(model, library, n: int = 200, seed: int = 0, max_phases: int =
     patterns, truth = simulated_mixtures(library, n, seed)
     out = {"n_patterns": len(truth)}
     for name, screen in (("with_screen", 3), ("network_only", 0)):
-        results = Identifier(model, max_phases=max_phases, screen=screen).identify(list(patterns))
+        results = Identifier(model, max_phases=max_phases, screen=screen, **options).identify(list(patterns))
         hits = sum(len(set(r.formulas) & t) for r, t in zip(results, truth))
         named = sum(len(r.formulas) for r in results)
         out[name] = {"recall": hits / max(sum(len(t) for t in truth), 1), "precision": hits / max(named, 1),
@@ -257,9 +279,10 @@ def mixture_check(model, library, n: int = 200, seed: int = 0, max_phases: int =
 
 def evaluate_identify(references, patterns, labels=None, wavelength=None, steps: int = 1500, seed: int = 0,
                       cache_dir=None, elements=None, max_phases: int = 3, progress: bool = False,
-                      unknown=None) -> dict:
+                      unknown=None, max_strain: float | None = None) -> dict:
     """Build (or reuse) a model for the reference CIFs, identify every pattern, score it (formula level);
-    with `unknown` (a CIF folder), also the open-set check (`open_set_check`)."""
+    with `unknown` (CIF folders or "aflow"), also the open-set check (`open_set_check`).
+    max_strain: see `Identifier` (None: its default)."""
     import torch
 
     from training.identify import BuildConfig, build_model
@@ -282,7 +305,8 @@ def evaluate_identify(references, patterns, labels=None, wavelength=None, steps:
     truth = read_truth(patterns, labels, known=library.classes)
     files = [f for f in pattern_files(patterns, exclude=[labels] if labels else []) if f.name in truth]
     loaded = [read_pattern(f, wavelength=wavelength) for f in files]
-    identifier = Identifier(model, max_phases=max_phases)
+    strain = {} if max_strain is None else {"max_strain": max_strain}
+    identifier = Identifier(model, max_phases=max_phases, **strain)
     identifier.identify(loaded[:1], elements=elements)  # warm-up: first call pays for lazy imports
     t0 = time.perf_counter()
     results = identifier.identify(loaded, elements=elements, sources=[f.name for f in files])
@@ -301,19 +325,20 @@ def evaluate_identify(references, patterns, labels=None, wavelength=None, steps:
         s = by_file[entry["file"]]
         entry.update({"recall": s.recall, "precision": s.precision, "exact": s.exact})
     open_set = open_set_check(identifier, library, unknown, seed) if unknown else None
-    mixtures = mixture_check(model, library, seed=seed, max_phases=max_phases)
+    mixtures = mixture_check(model, library, seed=seed, max_phases=max_phases, **strain)
     return {"n_patterns": len(results), "recall": scores["recall"], "precision": scores["precision"],
             "exact_match": scores["exact_match"], "seconds_per_pattern": seconds / max(len(results), 1),
             "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
             "device": f"cpu ({torch.get_num_threads()} threads)", "n_references": len(library),
-            "n_classes": len(library.classes), "patterns": per_pattern, "open_set": open_set,
+            "n_classes": len(library.classes), "max_strain": identifier.max_strain, "patterns": per_pattern,
+            "open_set": open_set,
             "simulated_mixtures": mixtures}
 
 
 def cmd_evaluate_identify(args) -> int:
     result = evaluate_identify(args.references, args.patterns, args.labels, args.wavelength, args.steps, args.seed,
                                args.cache_dir, parse_elements(args.elements), args.max_phases,
-                               progress=not args.json, unknown=args.unknown)
+                               progress=not args.json, unknown=args.unknown, max_strain=args.max_strain)
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return 0
@@ -380,6 +405,7 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     e.add_argument("--wavelength", default="CuKa", help="Å or anode name for two-column 2θ files (default CuKa)")
     e.add_argument("--elements", default=None, help="comma-separated elements that may be present")
     e.add_argument("--max-phases", type=int, default=3)
+    e.add_argument("--max-strain", type=strain_fraction, default=None, metavar="FRACTION", help=STRAIN_HELP)
     e.add_argument("--unknown", action="append", default=None, metavar="CIF_DIR|aflow",
                    help="also simulate these phases (those not in the library) and report how often they are "
                         "called out of library, beside the library's own phases; 'aflow': the AFLOW prototypes "

@@ -13,10 +13,11 @@ For each pattern (all patterns of a call go through the network together):
    simulated draws' first phase explains 0.75-0.99, the 8 measured patterns' 0.66-0.96, while
    about a quarter of the foreign Li-La-Zr-O draws were named a phase explaining 0.05-0.3.
 3. Each candidate class's references (its polymorphs) are fitted to what is left of the
-   pattern: lattice scale by cross-correlation on a log-q axis (±4 %), peak width from four
-   candidates, height by a robust ratio on the reference's strong peaks. The candidate whose
-   fit removes the most signal is the phase (the network proposes, the physics decides); its
-   best polymorph names the space group. The fitted pattern is subtracted (clipped at 0).
+   pattern: lattice scale by cross-correlation on a log-q axis (within ±`max_strain`, 4 % by
+   default), peak width from four candidates, height by a robust ratio on the reference's
+   strong peaks. The candidate whose fit removes the most signal is the phase (the network
+   proposes, the physics decides); its best polymorph names the space group. The fitted
+   pattern is subtracted (clipped at 0).
 4. The residual goes back to step 1 for the next phase, up to `max_phases`, while a
    candidate is probable (`min_probability`), inside the library and its fit explains at
    least `min_explained` of the pattern's signal (sum of squares). This is the iterative
@@ -33,7 +34,7 @@ For each pattern (all patterns of a call go through the network together):
 6. The phases named must together explain `min_explained_total` (half) of the signal, else
    the pattern is out of library and none is named (`explained` still says what they removed).
    A foreign phase is often fitted by a library phase of another structure or of the same
-   type with a lattice inside the ±4 % window, but its intensities differ and much of its
+   type with a lattice inside the fit's window, but its intensities differ and much of its
    signal stays. In-library patterns are explained far better: on the Li-Mn-Ti-O-F and
    Li-La-Zr-O references, at least 0.64 of their own simulated draws, 0.68 of simulated 1-3
    phase mixtures and 0.66 of the 9 measured patterns. (With `max_phases` 1, a mixture whose
@@ -55,7 +56,8 @@ from xrd_nexus_ml.preprocess import model_input
 
 #: Peak widths (FWHM in Å^-1) tried when a reference is fitted to a measured pattern.
 FIT_WIDTHS_Q = (0.005, 0.01, 0.02, 0.04)
-#: Largest lattice mismatch the fit searches (relative).
+#: Largest lattice mismatch the fit searches by default (relative): wide enough for in-situ
+#: pressure or temperature series and solid solutions; `Identifier(max_strain=...)` narrows it.
 MAX_STRAIN = 0.04
 #: A found phase's fitted pattern above this fraction of its maximum marks its peaks' points.
 COVERED_FRACTION = 0.05
@@ -133,14 +135,21 @@ class Identifier:
 
     screen: classes fitted for a later phase when none of the network's proposals passes (0:
     network proposals only); the screen is skipped when the allowed classes hold more than
-    `max_screened_references` references (one matrix row each, per pattern and round)."""
+    `max_screened_references` references (one matrix row each, per pattern and round).
+    max_strain: largest relative lattice mismatch a reference may be fitted with. Ex-situ
+    laboratory patterns of library phases fit within about 1 %; a narrower window leaves
+    fewer library phases of a foreign phase's structure type within reach."""
 
     def __init__(self, model: IdentificationModel, max_phases: int = 3, min_probability: float = 0.2,
                  min_explained: float = 0.05, min_residual: float = 0.08, shortlist: int = 3,
                  min_shortlist_probability: float = 0.02, min_explained_first: float = 0.3,
-                 min_explained_total: float = 0.5, screen: int = 3, max_screened_references: int = 4096):
+                 min_explained_total: float = 0.5, screen: int = 3, max_screened_references: int = 4096,
+                 max_strain: float = MAX_STRAIN):
         if max_phases < 1:
             raise ValueError(f"max_phases must be at least 1, got {max_phases}")
+        if not 0.0 < max_strain < 0.5:
+            raise ValueError(f"max_strain must lie in (0, 0.5), got {max_strain}")
+        self.max_strain = float(max_strain)
         self.model = model
         self.max_phases = int(max_phases)
         self.min_probability = float(min_probability)
@@ -163,7 +172,7 @@ class Identifier:
         # log-q axis for the strain search
         self._log_grid = np.linspace(math.log(model.grid.q_min), math.log(model.grid.q_max), model.grid.n_points)
         self._dlog = self._log_grid[1] - self._log_grid[0]
-        self._max_lag = int(math.ceil(math.log(1.0 + MAX_STRAIN) / self._dlog))
+        self._max_lag = int(math.ceil(math.log(1.0 + self.max_strain) / self._dlog))
 
     @classmethod
     def from_bundle(cls, path, **options) -> Identifier:
@@ -262,7 +271,7 @@ class Identifier:
         best = None
         for phase in self._class_phases.get(class_id, []):
             q, inten = self.model.sticks[phase]
-            keep = (q > lo * (1 - MAX_STRAIN)) & (q < hi * (1 + MAX_STRAIN))
+            keep = (q > lo * (1 - self.max_strain)) & (q < hi * (1 + self.max_strain))
             if not keep.any():
                 continue
             q, inten = q[keep].astype(float), inten[keep].astype(float)
