@@ -367,7 +367,7 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     subcommands and `infer` under `bench`."""
     t = train.add_parser("identify", help="the shipped default identification model (AFLOW prototypes + calibrants)")
     t.add_argument("--out", default=str(SHIPPED / "default"), help="bundle folder (default: the package's own)")
-    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--json", action="store_true")
