@@ -177,10 +177,11 @@ def cached_model_dir(library, cache_dir: Path, steps: int, seed: int) -> Path:
 
 def unknown_phases(source: str):
     """The phases of an `--unknown` source: a folder of CIFs, or "aflow" (the AFLOW prototypes
-    and calibrants of the shipped default library)."""
+    and calibrants of the shipped default library) unless a folder of that name exists."""
     from xrd_nexus_ml.identification.library import default_library, load_cif_library
 
-    return (default_library() if source.lower() == "aflow" else load_cif_library(source)).phases
+    aflow = source.lower() == "aflow" and not Path(source).is_dir()
+    return (default_library() if aflow else load_cif_library(source)).phases
 
 
 def open_set_check(identifier, library, unknown, seed: int = 0) -> dict:
@@ -331,8 +332,7 @@ def evaluate_identify(references, patterns, labels=None, wavelength=None, steps:
             "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
             "device": f"cpu ({torch.get_num_threads()} threads)", "n_references": len(library),
             "n_classes": len(library.classes), "max_strain": identifier.max_strain, "patterns": per_pattern,
-            "open_set": open_set,
-            "simulated_mixtures": mixtures}
+            "open_set": open_set, "simulated_mixtures": mixtures}
 
 
 def cmd_evaluate_identify(args) -> int:
