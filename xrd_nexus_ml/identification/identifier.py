@@ -303,12 +303,13 @@ class Identifier:
         if not len(classes) or np.count_nonzero(mask) < 8:
             return None
         padded, _ = self._log_residual(residual, mask)  # once for every class
+        signal = float((residual**2).sum())
         for c in classes:
             fit = self._fit(c, residual, mask, padded)
             if fit is None:
                 continue
             after = np.clip(residual - fit.pattern, 0.0, None)
-            explained = float(((residual**2).sum() - (after**2).sum()) / max(total, 1e-12))
+            explained = (signal - float((after**2).sum())) / max(total, 1e-12)
             if best is None or explained > best[2]:
                 best = (c, fit, explained, after)
         return best
@@ -405,8 +406,8 @@ class Identifier:
                 covered[row] |= fit.pattern > COVERED_FRACTION * fit.pattern.max()
                 if after.max() < self.min_residual:
                     active[row] = False
-        explained = 1.0 - (residual**2).sum(1) / np.maximum(total, 1e-12)
-        partial = prepared.ok & (explained < self.min_explained_total) & np.array([bool(f) for f in found])
+        explained_total = 1.0 - (residual**2).sum(1) / np.maximum(total, 1e-12)
+        partial = prepared.ok & (explained_total < self.min_explained_total) & np.array([bool(f) for f in found])
         for row in np.flatnonzero(partial):  # mostly unexplained: these phases are not what the pattern holds
             found[row] = []
             out_of_library[row] = True
@@ -414,6 +415,6 @@ class Identifier:
         model_id = self.model.source or "identification model"
         return [Identification(source=sources[i], phases=tuple(found[i]), out_of_library=bool(out_of_library[i]),
                                candidates=candidates[i], seconds=seconds, flag=prepared.flags[i], model=model_id,
-                               explained=round(float(explained[i]), 4) if prepared.ok[i] else 0.0,
+                               explained=round(float(explained_total[i]), 4) if prepared.ok[i] else 0.0,
                                residual=residual[i] if prepared.ok[i] else None)
                 for i in range(n)]
