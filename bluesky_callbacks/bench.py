@@ -84,11 +84,12 @@ def _fly_plan(flyer, repeats: int, rate_hz: float | None, page: int):
 def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: int = 100,
                    compare_frames: int = 5000, batch_size: int = 256, max_queue: int = 8192,
                    device: str = "auto", spacegroup_model: str | None = None,
-                   identification_model: str | None = None, identification_options: dict | None = None) -> dict:
+                   identification_model: str | None = None, identification_options: dict | None = None,
+                   transition_model: str = "default") -> dict:
     """Measure the callback's cost on the RunEngine; returns the JSON record.
     spacegroup_model / identification_model: also run these live models (default: only the
     phase-transition model and its open-set check); identification_options: see
-    `InferenceEngine.from_bundles`."""
+    `InferenceEngine.from_bundles`; transition_model: "default", a bundle folder or "auto"."""
     from bluesky import RunEngine
 
     from bluesky_callbacks.classifier import ClassifierCallback
@@ -97,7 +98,7 @@ def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: 
     from xrd_nexus_ml.inference import InferenceEngine
     from xrd_nexus_ml.transitions import simulate_ramp
 
-    engine = InferenceEngine.from_bundles(device=device, spacegroup_model=spacegroup_model,
+    engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
                                           identification_options=identification_options)
     ramp = simulate_ramp(np.linspace(5, 55, page_size), transition_pressure=30.0, noise=0.02, seed=0)
@@ -178,6 +179,7 @@ def cmd_bench_callback(args) -> int:
     result = bench_callback(n_frames=args.n, rate_hz=args.rate, page_size=args.page_size,
                             compare_frames=args.compare_frames, batch_size=args.batch_size, device=args.device,
                             spacegroup_model=args.spacegroup_model, identification_model=args.identification_model,
-                            identification_options=identification_options(args))
+                            identification_options=identification_options(args),
+                            transition_model=args.transition_model)
     print(json.dumps(result, indent=2, default=float))
     return 0

@@ -28,12 +28,14 @@ SAMPLE = {"name": "ferropericlase (Mg0.2Fe0.8)O", "chemical_formula": "Mg0.2Fe0.
 def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, device: str = "auto",
              transition_pressure: float = 31.0, precision: float = 0.5, noise: float = 0.02, seed: int = 0,
              store: bool = True, area_detector: bool = False, spacegroup_model: str | None = "default",
-             identification_model: str | None = "default", identification_options: dict | None = None) -> dict:
+             identification_model: str | None = "default", identification_options: dict | None = None,
+             transition_model: str = "default") -> dict:
     """Run the scan and write everything under `out`; returns the summary.
 
     area_detector: classify the pyFAI-integrated frames of the simulated 2D detector instead of
     the 1D detector's patterns. spacegroup_model / identification_model / identification_options:
-    the optional live models (`InferenceEngine.from_bundles`; None or "none": not run)."""
+    the optional live models (`InferenceEngine.from_bundles`; None or "none": not run).
+    transition_model: a bundle folder, "default" (shipped), "auto" (training-free) or "none"."""
     from bluesky import RunEngine
 
     from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
@@ -51,7 +53,7 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     beamline = make_beamline(sample, settle_time=0.0, area_detector=area_detector)
     detector = beamline.area_detector if area_detector else beamline.detector
     pattern_key = f"{detector.name}_integrated" if area_detector else f"{detector.name}_pattern"
-    engine = InferenceEngine.from_bundles(device=device, spacegroup_model=spacegroup_model,
+    engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
                                           identification_options=identification_options)
     policy = SteeringPolicy(start=5.0, stop=55.0, precision=precision, max_frames=max_frames)
@@ -291,7 +293,7 @@ def cmd_demo(args) -> int:
                        transition_pressure=args.transition_pressure, precision=args.precision, seed=args.seed,
                        store=not args.no_store, area_detector=args.area_detector,
                        spacegroup_model=args.spacegroup_model, identification_model=args.identification_model,
-                       identification_options=identification_options(args))
+                       identification_options=identification_options(args), transition_model=args.transition_model)
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
     else:

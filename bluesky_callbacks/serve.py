@@ -28,16 +28,17 @@ def parse_address(text: str) -> tuple[str, int]:
 def serve(listen: str, publish: str | None = None, store: str | Path | None = None, nexus_dir: str | Path | None = None,
           device: str = "auto", batch_size: int = 64, max_queue: int = 4096, ready=None,
           spacegroup_model: str | None = "default", identification_model: str | None = "default",
-          identification_options: dict | None = None) -> None:
+          identification_options: dict | None = None, transition_model: str = "default") -> None:
     """Classify every run arriving at `listen` until interrupted (SIGINT/SIGTERM).
     spacegroup_model / identification_model / identification_options: as
-    `InferenceEngine.from_bundles` (None: not run)."""
+    `InferenceEngine.from_bundles` (None: not run); transition_model: a bundle folder, "default",
+    "auto" (the training-free detector) or "none"."""
     from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
 
     from bluesky_callbacks.classifier import ClassifierCallback
     from xrd_nexus_ml.inference import InferenceEngine
 
-    engine = InferenceEngine.from_bundles(device=device, spacegroup_model=spacegroup_model,
+    engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
                                           identification_options=identification_options)
     classifier = ClassifierCallback(engine, batch_size=batch_size, max_queue=max_queue)
@@ -89,5 +90,5 @@ def cmd_serve(args) -> int:
     serve(args.zmq, publish=args.publish, store=args.store, nexus_dir=args.nexus_dir, device=args.device,
           batch_size=args.batch_size, max_queue=args.max_queue, spacegroup_model=args.spacegroup_model,
           identification_model=args.identification_model, identification_options=identification_options(args),
-          ready=lambda: print(f"serving {args.zmq}", flush=True))
+          transition_model=args.transition_model, ready=lambda: print(f"serving {args.zmq}", flush=True))
     return 0

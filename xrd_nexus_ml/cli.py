@@ -188,7 +188,11 @@ def cmd_serve(args) -> int:
 
 
 def _add_live_model_arguments(p: argparse.ArgumentParser, default: str = "default") -> None:
-    """The optional models the live classifier runs beside the phase-transition model."""
+    """The models the live classifier runs: the phase-transition model and the optional others."""
+    p.add_argument("--transition-model", default="default", metavar="DIR|default|auto|none",
+                   help="phase-transition model: a bundle folder (e.g. from `train transition`), 'default' (the "
+                        "shipped (Mg,Fe)O end-to-end model), 'auto' (the training-free detector: any sample, no "
+                        "CIF) or 'none' (default: default)")
     p.add_argument("--spacegroup-model", default=default,
                    help=f"space-group model: a bundle folder, 'default' (shipped) or 'none' (default: {default})")
     p.add_argument("--identification-model", default=default,

@@ -29,6 +29,8 @@ from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
 from xrd_nexus_ml.inference.stages import IdentificationStage, SpaceGroupStage
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
+from xrd_nexus_ml.transitions.detector import ASSEMBLAGE_NAMES, AssemblageDetector, DetectorSettings
+from xrd_nexus_ml.transitions.detector import KIND as DETECTOR_KIND
 from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q, prepare_frames
 from xrd_nexus_ml.transitions.models import load_model
 
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 SHIPPED_MODELS = files("xrd_nexus_ml") / "data" / "models"
 DEFAULT_PHASE_MODEL = "transition/end_to_end"
 DEFAULT_GATE_MODEL = "transition/cosine_baseline"
+#: `--transition-model auto`: the training-free detector (`transitions.detector`), for any sample.
+AUTO = "auto"
+#: The phase names of a run classified with no transition model ("none").
+NO_PHASE_NAMES = ("not classified",)
 
 
 def shipped_model(name: str) -> Path:
@@ -115,11 +121,19 @@ class InferenceEngine:
     def __init__(self, phase_model, gate: LibraryGate | None = None, top_k: int = 3, device="auto",
                  changepoint_options: dict | None = None, provenance: Sequence[ModelProvenance] = (),
                  stages: Sequence = ()):
-        if not getattr(phase_model, "fitted", False):
-            raise ValueError(f"{type(phase_model).__name__} is not trained")
+        if phase_model is None or phase_model == AUTO:
+            self.transition_model = "none" if phase_model is None else AUTO
+            phase_model = None
+            gate = None
+            names = NO_PHASE_NAMES if self.transition_model == "none" else ASSEMBLAGE_NAMES
+        else:
+            if not getattr(phase_model, "fitted", False):
+                raise ValueError(f"{type(phase_model).__name__} is not trained")
+            self.transition_model = "trained"
+            names = phase_model.phase_names
         self.phase_model = phase_model
         self.gate = gate
-        self.phase_names = tuple(phase_model.phase_names)
+        self.phase_names = tuple(names)
         self.top_k = max(1, min(int(top_k), len(self.phase_names)))
         self.device = resolve_device(device)
         self.changepoint_options = dict(changepoint_options or {})
@@ -134,6 +148,9 @@ class InferenceEngine:
                      **kwargs) -> InferenceEngine:
         """Load bundles by folder, or by shipped name ("transition/end_to_end").
 
+        phase_model: a trained transition bundle, "auto" (the training-free detector of
+        `transitions.detector`: works on any sample, phases are the assemblages seen along the
+        scan) or "none" (no transition classification: its record fields stay empty).
         spacegroup_model / identification_model: a bundle folder, "default" (the shipped
         model), or None / "none" (not run: their record fields stay empty).
         identification_options: keyword arguments of `Identifier` (e.g. {"screen": 0}, the
@@ -146,10 +163,23 @@ class InferenceEngine:
             path = Path(name)
             return path if path.is_dir() else shipped_model(str(name))
 
-        phase_dir = folder(phase_model)
-        model = load_model(phase_dir)
-        provenance = [_provenance("phase_classification", model.kind, phase_dir / "card.json", torch.device("cpu"))]
-        gate = None
+        choice = str(phase_model).lower() if phase_model is not None else "none"
+        if choice == "default":
+            phase_model = DEFAULT_PHASE_MODEL
+        provenance, gate = [], None
+        if choice in (AUTO, "none"):  # the training-free detector, or no transition model at all
+            model = AUTO if choice == AUTO else None
+            if model == AUTO:
+                provenance.append(ModelProvenance(
+                    model_id=f"phase_classification/{DETECTOR_KIND}@training-free", task="phase_classification",
+                    kind=DETECTOR_KIND, version=__version__, card="", device="cpu",
+                    settings=json.dumps(DetectorSettings().to_dict(), sort_keys=True)))
+            gate_model = None
+        else:
+            phase_dir = folder(phase_model)
+            model = load_model(phase_dir)
+            provenance.append(_provenance("phase_classification", model.kind, phase_dir / "card.json",
+                                          torch.device("cpu")))
         if gate_model is not None:
             gate_dir = folder(gate_model)
             references = load_model(gate_dir)
@@ -203,13 +233,20 @@ class RunClassifier:
             if problem:
                 log.warning("%s: %s; every frame of this run will be out of its library", stage.task, problem)
         options = engine.changepoint_options if changepoint_options is None else changepoint_options
-        # the phase model's calibrated crossing-point error (from its card), unless set here
-        self.changepoint = OnlineChangePoint(engine.phase_names, **{**systematic_options(engine.phase_model),
-                                                                    **options})
+        self.changepoint = None
+        self.detector = None
+        if engine.transition_model == AUTO:
+            self.detector = AssemblageDetector(changepoint_options=options)
+        elif engine.transition_model == "trained":
+            # the phase model's calibrated crossing-point error (from its card), unless set here
+            self.changepoint = OnlineChangePoint(engine.phase_names, **{**systematic_options(engine.phase_model),
+                                                                        **options})
 
     @property
     def estimates(self) -> list[BoundaryEstimate]:
-        return self.changepoint.estimates()
+        if self.detector is not None:
+            return self.detector.estimates()
+        return self.changepoint.estimates() if self.changepoint is not None else []
 
     def classify(self, frames: Sequence[Frame]) -> list[FramePrediction]:
         """One batch through the models (one call each) and the transition estimate (one update,
@@ -222,6 +259,11 @@ class RunClassifier:
         if not frames:
             return []
         patterns, axis = self._model_inputs(frames)
+        if engine.phase_model is None:
+            records = self._untrained_records(frames, patterns, axis)
+            records = self._add_stages(records, patterns, axis, {})
+            now = time.perf_counter()
+            return [replace(r, latency=(now - f.received) * 1e3) for r, f in zip(records, frames)]
         prepared = prepare_frames(patterns, engine.phase_model.grid, **axis)
         probs, inputs = engine.phase_model.predict_proba_prepared(prepared, return_inputs=True)
         if engine.gate is None:
@@ -238,6 +280,26 @@ class RunClassifier:
         records = self._add_stages(records, patterns, axis, {(engine.phase_model.grid, SNIP_WIDTH_Q): prepared})
         now = time.perf_counter()  # the latency covers every model that ran
         return [replace(r, latency=(now - f.received) * 1e3) for r, f in zip(records, frames)]
+
+    def _untrained_records(self, frames: Sequence[Frame], patterns, axis: dict) -> list[FramePrediction]:
+        """Records of the training-free detector (phases: the assemblages seen along the scan), or
+        of no transition model (phase fields empty)."""
+        engine = self.engine
+        if self.detector is None:
+            return [FramePrediction(seq_num=f.seq_num, raw_uid=f.raw_uid, pressure=float(f.pressure),
+                                    energy=float(f.energy), phase_probabilities=(math.nan,) * len(engine.phase_names),
+                                    top_k_index=(-1,) * engine.top_k, top_k_probability=(math.nan,) * engine.top_k,
+                                    model_ids=engine.model_ids) for f in frames]
+        results = self.detector.update_many(patterns, [float(f.pressure) for f in frames], **axis)
+        estimates = self.detector.estimates()
+        records = []
+        for frame, result in zip(frames, results):
+            probs = np.asarray(result.probabilities, dtype=float)
+            usable = result.flag is None and bool(np.isfinite(probs).all())
+            flag = None if usable else {"nan": "nan", "zero": "zero", "flat": "zero", "out_of_range": "range",
+                                        "unreadable": "nan", "control": "pressure"}.get(result.flag, "nan")
+            records.append(self._record(frame, probs, usable, flag, math.nan, estimates))
+        return records
 
     def _add_stages(self, records: list[FramePrediction], patterns, axis: dict, prepared: dict) -> list[FramePrediction]:
         """Each stage's fields into the records; frames prepared once per (grid, SNIP window)."""

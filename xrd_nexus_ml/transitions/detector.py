@@ -1,0 +1,778 @@
+"""A training-free phase-transition detector: the assemblage's reflections, tracked along the scan.
+
+No CIF and no training: the first frames of a scan define the *assemblage* (the set of
+reflections of whatever phases the sample holds); every later frame is compared with it. Why
+reflections and not whole profiles: under compression or heating every peak moves, broadens and
+changes height, and a profile distance (the cosine of NMF-style phase mapping, Maffettone et al.;
+CAMEO, Kusne et al. 2020) reads that drift as a change. A set of reflections survives it:
+
+- On a log-q axis an isotropic change of the cell is a translation. Each frame is first aligned
+  to the assemblage's anchor frame by cross-correlation (searched around the shift the scan's
+  trend predicts), then every tracked reflection is looked for in a small window around its
+  predicted place and its position, height and width are updated: anisotropic strain, gradual
+  broadening and texture are followed, one frame at a time.
+- A change is what compression cannot do: intensity where the assemblage has no reflection
+  (`new`: new peaks, a split larger than the window), reflections that are gone (`vanished`,
+  height below `presence` of what it was), some reflections widening far more than the others
+  (`split`: a splitting within the window; a global broadening widens all of them alike), or
+  the whole pattern jumping off its shift trend (`jump`: an isostructural volume collapse).
+  The frame's change score is the largest of the first three (each a fraction of intensity).
+- A frame over `threshold` starts a candidate change; `confirm` such frames in a row make it a
+  transition (a lone bad frame does not), and the detector enters the coexistence of the old and
+  the new assemblage: reflections that appear are added to the new set, and the new assemblage
+  is fixed once nothing new has appeared for `confirm` frames and the old set's own reflections
+  are gone or stopped fading. Up to `MAX_ASSEMBLAGES` assemblages per scan (3 transitions).
+
+Per frame the detector gives a probability vector over the assemblages: one-hot inside one,
+during a coexistence the fraction f of the transformation (how much of the old set's own
+reflections has gone, relative to their height before), for a candidate frame at least 0.5.
+These feed the project's online Bayesian change point (`OnlineChangePoint`, the same one the
+trained models use), so the transition value, its uncertainty, `history()` for the steering and
+the records are the same as with a trained model. When a transition is confirmed the change
+point is rebuilt from the stored evidence with the final fractions (once per transition).
+
+Frames out of control order (a steered scan bisecting a bracket) do not move the tracking: they
+are scored against the assemblage(s) on either side of their control value and only add
+evidence. A scan that turns back (decompression) is split into legs by `detect_series`.
+Tuned (threshold, confirm, the systematic term) on the materials of
+`transitions.evaluate_materials.TUNING_MATERIALS` only; see the README for the held-out scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, grey_opening, uniform_filter1d
+from scipy.signal import find_peaks
+
+from xrd_nexus_ml.errors import XrdNexusMlError
+from xrd_nexus_ml.pattern import Diffractogram, QGrid, two_theta_to_q
+from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint
+from xrd_nexus_ml.transitions.frames import prepare_frames
+
+#: Distinct assemblages one scan can hold (so at most MAX_ASSEMBLAGES - 1 transitions).
+MAX_ASSEMBLAGES = 4
+ASSEMBLAGE_NAMES = tuple(f"assemblage {k + 1}" for k in range(MAX_ASSEMBLAGES))
+KIND = "assemblage_tracking"
+#: Accepted frames back that a reflection's width is compared with (the split criterion).
+WIDTH_LAG = 6
+
+
+class DetectorError(XrdNexusMlError, ValueError):
+    """The detector cannot run as asked (bad settings, no usable frame)."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What counts as a change. Defaults tuned on the tuning materials (module docstring)."""
+
+    threshold: float = 0.12  # a change score (fraction of intensity) at or above this is a candidate
+    confirm: int = 2  # candidate frames in a row that make a transition
+    noise_sigmas: float = 5.0  # signal: the smoothed frame above this many noise σ
+    presence: float = 0.3  # a reflection is gone below this share of its expected height
+    window_widths: float = 0.8  # half-width of a reflection's search window, in peak FWHMs
+    split_ratio: float = 1.15  # a reflection widened (since the anchor) this much more than the least widened ones
+    jump_widths: float = 1.0  # a shift off the trend by this many FWHMs is a volume jump
+    max_shift: float = 0.08  # largest |Δ ln q| searched between a frame and its anchor (8 % in d)
+    min_peak_sigmas: float = 8.0  # reflections of the assemblage: peaks above this many noise σ
+    max_peaks: int = 64  # strongest reflections tracked
+    systematic_steps: float = 0.35  # systematic σ of the estimate, in control steps (calibrated)
+    max_stored: int = 4096  # frames kept for the rebuild at a transition (older ones as evidence only)
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise DetectorError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.confirm < 1:
+            raise DetectorError(f"confirm must be at least 1 frame, got {self.confirm}")
+        if not 0.0 < self.presence < 1.0:
+            raise DetectorError(f"presence must lie in (0, 1), got {self.presence}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DetectorFrame:
+    """What the detector says about one frame."""
+
+    index: int
+    control: float
+    assemblage: int  # index of the assemblage it belongs to (-1: flagged)
+    status: str  # "same", "changed" (candidate or coexistence), "outlier" (set aside), "flagged"
+    score: float  # the change score: max(new, vanished, split)
+    new: float
+    vanished: float
+    split: float
+    jump: float  # |shift - trend| in FWHMs
+    fraction: float  # fraction transformed towards the next assemblage (0 inside one)
+    probabilities: tuple[float, ...]
+    flag: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(self).items()}
+
+
+@dataclass
+class _Reflections:
+    """The tracked reflections of one assemblage (positions in log-q points, on the frame)."""
+
+    position: np.ndarray
+    height: np.ndarray
+    width: np.ndarray  # FWHM in points
+    shift: float  # the anchor shift at which `position` was last updated
+    control: float
+
+    def copy(self) -> _Reflections:
+        return _Reflections(self.position.copy(), self.height.copy(), self.width.copy(), self.shift, self.control)
+
+
+@dataclass
+class _Assemblage:
+    anchor: np.ndarray  # smoothed log-q frame the shifts refer to
+    anchor_fft: np.ndarray
+    reflections: _Reflections
+    first: _Reflections  # as at the anchor (for frames out of order)
+    trend: list[tuple[float, float]] = field(default_factory=list)  # (control, shift) of accepted frames
+    own: np.ndarray | None = None  # bool per reflection: not shared with the previous assemblage
+    reference_height: np.ndarray | None = None  # heights of its own reflections before the change
+    lo: float = math.inf
+    hi: float = -math.inf
+    settled_split: np.ndarray | None = None  # bool per reflection: already split when it began
+    widths: list = field(default_factory=list)  # the reflections' widths at the last few accepted frames
+
+
+class _Axis:
+    """The detector's log-q axis, set from the first usable frame (a transition scan keeps its
+    detector; frames of another range are masked where they do not reach)."""
+
+    def __init__(self, q_min: float, q_max: float, n_points: int):
+        self.grid = QGrid(q_min, q_max, n_points)
+        q = self.grid.values
+        log_q = np.linspace(math.log(q_min), math.log(q_max), n_points)
+        t = np.exp(log_q)
+        left = np.clip(np.searchsorted(q, t, side="right") - 1, 0, n_points - 2)
+        self.left = left
+        self.weight = np.clip((t - q[left]) / (q[left + 1] - q[left]), 0.0, 1.0)
+        self.du = float(log_q[1] - log_q[0])
+        self.n = n_points
+
+    def to_log(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = x[:, self.left]
+        y = a + (x[:, self.left + 1] - a) * self.weight
+        m = mask[:, self.left] & mask[:, self.left + 1]
+        return np.where(m, y, 0.0), m
+
+
+def _frame_axis(frame, two_theta, wavelength) -> np.ndarray | None:
+    """q of a frame (Å⁻¹), or None when it has no usable axis."""
+    if isinstance(frame, Diffractogram):
+        try:
+            return frame.q
+        except Exception:  # noqa: BLE001 - a pattern without a wavelength has no q axis
+            return None
+    if two_theta is None or wavelength is None:
+        return None
+    return two_theta_to_q(np.asarray(two_theta, dtype=float), float(wavelength))
+
+
+def _fwhm_points(y: np.ndarray) -> float:
+    """Typical peak FWHM (points) of a frame: median width of its strongest peaks."""
+    peaks, props = find_peaks(y, height=0.05 * float(y.max()), width=1.0, rel_height=0.5)
+    if peaks.size == 0:
+        return 4.0
+    order = np.argsort(-props["peak_heights"])[:12]
+    return float(np.clip(np.median(props["widths"][order]), 2.0, y.size / 20))
+
+
+class AssemblageDetector:
+    """Online training-free change detector along a control variable (pressure, temperature, ...).
+
+    `update_many(frames, controls)` takes a batch in arrival order (arrays on `two_theta` at
+    `wavelength`, or `Diffractogram`s) and returns one `DetectorFrame` each; `estimates()` the
+    transition estimates (`BoundaryEstimate`, in the control's unit) of the assemblages seen so
+    far; `probabilities` are over `ASSEMBLAGE_NAMES`.
+    """
+
+    phase_names = ASSEMBLAGE_NAMES
+    kind = KIND
+
+    def __init__(self, two_theta=None, wavelength: float | None = None, settings: DetectorSettings | None = None,
+                 changepoint_options: dict | None = None, n_points: int | None = None):
+        self.settings = settings or DetectorSettings()
+        self.two_theta = None if two_theta is None else np.asarray(two_theta, dtype=float)
+        self.wavelength = wavelength
+        self.n_points = n_points
+        self.changepoint_options = dict(changepoint_options or {})
+        self._axis: _Axis | None = None
+        self._fwhm = 4.0
+        self.assemblages: list[_Assemblage] = []
+        self._pending: list[int] = []  # stored indices of candidate frames (forward, in a row)
+        self._coexisting = False  # between a confirmed change and a fixed new assemblage
+        self._quiet = 0  # frames of the coexistence with no reflection added
+        self._stored: dict[int, tuple[np.ndarray, float]] = {}  # index -> (smoothed frame, noise)
+        self._evidence: list[tuple[float, np.ndarray]] = []  # (control, probabilities) of every frame
+        self.frames: list[DetectorFrame] = []
+        self._controls: list[float] = []
+        self._top: float = -math.inf  # largest control of a forward frame so far
+        self._changepoint = self._new_changepoint(1)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def update(self, frame, control: float) -> DetectorFrame:
+        return self.update_many([frame], [control])[0]
+
+    def update_many(self, frames, controls, two_theta=None, wavelength: float | None = None) -> list[DetectorFrame]:
+        """A batch in arrival order; two_theta / wavelength: the detector axis of bare arrays (kept)."""
+        if two_theta is not None:
+            self.two_theta = np.asarray(two_theta, dtype=float)
+            self.wavelength = wavelength
+        controls = [float(c) for c in np.asarray(controls, dtype=float).ravel()]
+        if len(controls) != len(frames):
+            raise DetectorError(f"{len(frames)} frames but {len(controls)} control values")
+        if not len(frames):
+            return []
+        ys, ms, flags = self._prepare(frames)
+        out, batch = [], []
+        for i, control in enumerate(controls):
+            noise = float(self._noise[i]) if ys is not None else math.nan
+            record = self._one(ys[i] if ys is not None else None, ms[i] if ms is not None else None, flags[i], control,
+                               noise)
+            out.append(record)
+            batch.append((control, np.asarray(record.probabilities, dtype=float)))
+        self._feed(batch)
+        return out
+
+    def estimates(self) -> list[BoundaryEstimate]:
+        """The change point's estimates: the first boundary always (before any change its posterior
+        lies beyond the frames, which is what a steering policy reads), then one per further
+        assemblage seen."""
+        if not self.frames:
+            return []
+        return self._changepoint.estimates()[: max(1, len(self.assemblages) - 1)]
+
+    def transitions(self) -> list[BoundaryEstimate]:
+        """The confirmed transitions only (between assemblages actually seen)."""
+        return self._changepoint.estimates()[: len(self.assemblages) - 1] if len(self.assemblages) > 1 else []
+
+    @property
+    def n_assemblages(self) -> int:
+        return len(self.assemblages)
+
+    def describe(self) -> dict:
+        return {"kind": KIND, "settings": self.settings.to_dict(), "fwhm_points": self._fwhm,
+                "log_q_step": self._axis.du if self._axis else None}
+
+    # -- preparation ----------------------------------------------------------------------------
+
+    def _prepare(self, frames):
+        frames = list(frames)
+        if self._axis is None:
+            for f in frames:
+                q = _frame_axis(f, self.two_theta, self.wavelength)
+                y = np.asarray(f.intensity if isinstance(f, Diffractogram) else f, dtype=float).ravel()
+                if q is None or q.size < 16 or y.size != q.size or not np.all(np.isfinite(y)) or np.ptp(y) == 0:
+                    continue
+                n = self.n_points or int(np.clip(q.size, 1024, 8192))
+                self._axis = _Axis(float(q[0]), float(q[-1]), n)
+                break
+            if self._axis is None:
+                n = len(frames)
+                return None, None, ["unreadable" if self.two_theta is None else "nan"] * n
+        kwargs = {"two_theta": self.two_theta, "wavelength": self.wavelength} if self.two_theta is not None else {}
+        prepared = prepare_frames(frames, self._axis.grid, snip_width_q=None, **kwargs)
+        raw, m = self._axis.to_log(prepared.x.astype(float), prepared.mask)
+        for i in np.flatnonzero(m.any(1) & ~m.all(1)):  # unmeasured ends: the edge value (SNIP needs no step)
+            idx = np.flatnonzero(m[i])
+            raw[i, : idx[0]], raw[i, idx[-1] + 1:] = raw[i, idx[0]], raw[i, idx[-1]]
+        flags = list(prepared.flags)
+        if not self.assemblages and any(f is None for f in flags):
+            first = next(i for i, f in enumerate(flags) if f is None)
+            self._fwhm = _fwhm_points(raw[first] - grey_opening(raw[first], size=int(len(raw[first]) // 20) + 1))
+        # smoothed at half the peak width; the background is a morphological opening over six
+        # peak widths, smoothed (SNIP cuts under the concave humps of a diamond-anvil cell's
+        # background); the residual offset is removed, the noise σ is the MAD of what is left
+        ys = gaussian_filter1d(raw, self._sigma_smooth, axis=1, mode="nearest")
+        size = int(6 * self._fwhm) | 1
+        background = uniform_filter1d(grey_opening(ys, size=(1, size)), size, axis=1, mode="nearest")
+        y = ys - background
+        noise = np.empty(len(y))
+        for i in range(len(y)):
+            values = y[i][m[i]] if m[i].any() else y[i]
+            centre = float(np.median(values))
+            y[i] -= centre
+            noise[i] = 1.4826 * float(np.median(np.abs(values - centre)))
+        y = np.where(m, np.clip(y, 0.0, None), 0.0)
+        top = np.maximum(y.max(axis=1), 1e-12)
+        y /= top[:, None]
+        self._noise = np.maximum(noise / top, 1e-4)
+        return y, m, flags
+
+    @property
+    def _sigma_smooth(self) -> float:
+        return max(0.5, 0.5 * self._fwhm / 2.355)
+
+    # -- one frame -------------------------------------------------------------------------------
+
+    def _one(self, y, m, flag, control: float, noise: float) -> DetectorFrame:
+        index = len(self.frames)
+        self._controls.append(control)
+        if flag is not None or y is None or not math.isfinite(control):
+            record = DetectorFrame(index, control, -1, "flagged", *([math.nan] * 6),
+                                   probabilities=(math.nan,) * MAX_ASSEMBLAGES,
+                                   flag=flag or ("control" if not math.isfinite(control) else "nan"))
+            self.frames.append(record)
+            return record
+        sigma = noise  # noise σ of the smoothed, background-free frame (max 1)
+        if not self.assemblages:
+            self._start_assemblage(y, m, sigma, control, previous=None)
+            self._top = control
+            return self._record(index, control, 0, "same", (0.0, 0.0, 0.0, 0.0), 0.0)
+        forward = control >= self._top or not self._coexisting and not self._pending and control >= self.assemblages[-1].hi
+        if not forward:
+            return self._side(index, y, m, sigma, control)
+        self._top = max(self._top, control)
+        current = self.assemblages[-1]
+        scores, found = self._score(current, y, m, sigma, control)
+        new, vanished, split, jump = scores
+        score = max(new, vanished, split)
+        s = self.settings
+        changed = score >= s.threshold or jump >= s.jump_widths
+        k = len(self.assemblages) - 1
+        if self._coexisting:
+            return self._coexistence(index, y, m, sigma, control, scores, found)
+        if not changed:
+            if self._pending:  # the candidates before were lone bad frames
+                self._pending = []
+            self._track(current, found, control)
+            return self._record(index, control, k, "same", scores, 0.0)
+        self._store(index, y, sigma)
+        self._pending.append(index)
+        if len(self._pending) >= s.confirm and len(self.assemblages) < MAX_ASSEMBLAGES:
+            self._confirm(y, m, sigma, control)
+            fraction = self._fraction(self.assemblages[-2], y, m, sigma, control)
+            return self._record(index, control, k + 1, "changed", scores, max(fraction, 0.5))
+        fraction = min(1.0, 0.5 + 0.5 * max(score - s.threshold, jump - s.jump_widths, 0.0) / s.threshold)
+        return self._record(index, control, k, "changed", scores, fraction, towards=k + 1)
+
+    def _record(self, index, control, k, status, scores, fraction, towards: int | None = None) -> DetectorFrame:
+        p = np.zeros(MAX_ASSEMBLAGES)
+        if towards is not None and towards < MAX_ASSEMBLAGES:
+            p[k], p[towards] = 1.0 - fraction, fraction
+        elif status == "changed" and k > 0 and self._coexisting:
+            p[k - 1], p[k] = 1.0 - fraction, fraction
+        else:
+            p[min(k, MAX_ASSEMBLAGES - 1)] = 1.0
+        new, vanished, split, jump = scores
+        record = DetectorFrame(index, control, k, status, float(max(new, vanished, split)), float(new),
+                               float(vanished), float(split), float(jump), float(fraction),
+                               tuple(float(v) for v in p))
+        self.frames.append(record)
+        return record
+
+    # -- reflections -----------------------------------------------------------------------------
+
+    def _find(self, y: np.ndarray, m: np.ndarray, sigma: float) -> _Reflections:
+        s = self.settings
+        peaks, props = find_peaks(np.where(m, y, 0.0), height=s.min_peak_sigmas * sigma,
+                                  prominence=0.5 * s.min_peak_sigmas * sigma, width=0.5, rel_height=0.5)
+        order = np.argsort(-props["peak_heights"])[: s.max_peaks]
+        order = np.sort(order)
+        return _Reflections(peaks[order].astype(float), props["peak_heights"][order].astype(float),
+                            np.maximum(props["widths"][order], 1.0), 0.0, math.nan)
+
+    def _start_assemblage(self, y, m, sigma, control, previous: _Assemblage | None) -> _Assemblage:
+        reflections = self._find(y, m, sigma)
+        reflections.control = control
+        if reflections.position.size:  # widths measured as every later frame's will be
+            _, _, width, _ = self._locate(reflections, 0.0, y, sigma)
+            reflections.width = np.maximum(width, 1.0)
+        anchor_fft = np.fft.rfft(y, 2 * y.size)
+        a = _Assemblage(anchor=y, anchor_fft=anchor_fft, reflections=reflections, first=reflections.copy(),
+                        trend=[(control, 0.0)], lo=control, hi=control)
+        if previous is not None:
+            own = np.ones(reflections.position.size, bool)
+            pos = previous.reflections.position
+            if pos.size:  # shared: within a window of a reflection of the previous assemblage
+                d = np.abs(reflections.position[:, None] - pos[None, :]).min(1)
+                own = d > self.settings.window_widths * self._fwhm
+            a.own = own
+        self.assemblages.append(a)
+        return a
+
+    def _shift(self, a: _Assemblage, y: np.ndarray, control: float) -> float:
+        """The log-q shift (points) of frame y against the assemblage's anchor, near its trend."""
+        n = y.size
+        corr = np.fft.irfft(np.fft.rfft(y, 2 * n) * np.conj(a.anchor_fft), 2 * n)  # corr[l] = Σ y[i+l] anchor[i]
+        predicted = self._predicted_shift(a, control)
+        limit = int(self.settings.max_shift / self._axis.du)
+        reach = max(3.0 * self._fwhm, 0.5 * abs(predicted - a.trend[-1][1]) + 2.0 * self._fwhm)
+        if len(a.trend) < 2:  # no trend yet: the whole range searched
+            reach = float(limit)
+        lo = int(max(-limit, math.floor(predicted - reach)))
+        hi = int(min(limit, math.ceil(predicted + reach)))
+        if hi < lo:
+            lo, hi = -limit, limit
+        lags = np.arange(lo, hi + 1)
+        values = corr[lags % (2 * n)]
+        j = int(np.argmax(values))
+        if 0 < j < len(values) - 1:  # parabolic refinement
+            den = values[j - 1] - 2 * values[j] + values[j + 1]
+            off = 0.5 * (values[j - 1] - values[j + 1]) / den if den < 0 else 0.0
+            return float(lags[j] + np.clip(off, -0.5, 0.5))
+        return float(lags[j])
+
+    @staticmethod
+    def _predicted_shift(a: _Assemblage, control: float) -> float:
+        if len(a.trend) < 2:
+            return a.trend[-1][1]
+        c = np.array([t[0] for t in a.trend[-8:]])
+        s = np.array([t[1] for t in a.trend[-8:]])
+        if np.ptp(c) == 0:
+            return float(s[-1])
+        slope = np.polyfit(c, s, 1)[0]
+        nearest = int(np.argmin(np.abs(c - control)))
+        return float(s[nearest] + slope * (control - c[nearest]))
+
+    def _locate(self, refl: _Reflections, shift: float, y: np.ndarray, sigma: float):
+        """Each reflection looked for near its predicted place: (position, height, width, in range)."""
+        n = y.size
+        half = max(2, int(round(self.settings.window_widths * self._fwhm)))
+        offsets = np.arange(-half, half + 1)
+        center = refl.position + (shift - refl.shift)
+        idx = np.rint(center).astype(int)[:, None] + offsets[None, :]
+        inside = (idx[:, 0] >= 0) & (idx[:, -1] < n)
+        window = y[np.clip(idx, 0, n - 1)]
+        j = np.argmax(window, axis=1)
+        height = window[np.arange(len(j)), j]
+        position = idx[np.arange(len(j)), j].astype(float)
+        # width: second moment of the window above half the peak height
+        w = np.clip(window - 0.5 * height[:, None], 0.0, None)
+        total = w.sum(1)
+        mean = (w * idx).sum(1) / np.maximum(total, 1e-12)
+        var = (w * (idx - mean[:, None]) ** 2).sum(1) / np.maximum(total, 1e-12)
+        width = np.sqrt(np.maximum(var, 0.0)) * 2.355 * 1.6  # second moment above half height -> ~FWHM
+        return position, height, width, inside
+
+    def _score(self, a: _Assemblage, y: np.ndarray, m: np.ndarray, sigma: float, control: float):
+        """(new, vanished, split, jump) of frame y against assemblage a, and what was found."""
+        s = self.settings
+        shift = self._shift(a, y, control)
+        refl = a.reflections
+        position, height, width, inside = self._locate(refl, shift, y, sigma)
+        n = y.size
+        # the region both the frame and the anchor (shifted) cover, less a margin at the edges
+        edge = int(abs(shift)) + int(3 * self._fwhm) + 1
+        valid = m.copy()
+        valid[:edge] = False
+        valid[max(0, n - edge):] = False
+        # reflections present: at least `presence` of their expected height (robust global scale)
+        strong = inside & (refl.height > 0)
+        if strong.any():
+            ratios = height[strong] / refl.height[strong]
+            scale = float(np.median(ratios[np.argsort(-refl.height[strong])[:8]]))
+            scale = max(scale, 1e-6)
+        else:
+            scale = 1.0
+        expected = refl.height * scale
+        present = height >= np.maximum(s.presence * expected, 2.0 * sigma)
+        in_valid = inside & valid[np.clip(np.rint(position).astype(int), 0, n - 1)]
+        weight = expected * in_valid
+        vanished = float(weight[~present].sum() / weight.sum()) if weight.sum() > 0 else 0.0
+        # new: signal outside every reflection's extent
+        support = np.zeros(n + 1)
+        # a reflection's extent: its width plus its tails (Lorentzian-like tails of a strong peak
+        # stay above the noise further out: the reach grows as the square root of height / noise)
+        tails = 0.5 * np.maximum(width, refl.width) * np.sqrt(np.maximum(1.0, 0.5 * expected / (s.noise_sigmas * sigma)))
+        half = np.maximum(np.maximum(width, refl.width), tails) + s.window_widths * self._fwhm
+        if a.settled_split is not None and a.settled_split.size == half.size:
+            half = np.where(a.settled_split, 2.0 * half, half)  # a growing split spreads its components
+        centre = np.where(present, position, refl.position + (shift - refl.shift))
+        lo = np.clip(np.floor(centre - half).astype(int), 0, n)
+        hi = np.clip(np.ceil(centre + half).astype(int) + 1, 0, n)
+        np.add.at(support, lo, 1.0)
+        np.add.at(support, hi, -1.0)
+        covered = np.cumsum(support[:n]) > 0
+        signal = valid & (y > s.noise_sigmas * sigma)
+        total = float(y[signal].sum())
+        new = float(y[signal & ~covered].sum() / total) if total > 0 else 0.0
+        # split: strong reflections widened much more than the median one
+        good = present & in_valid & (height > 3.0 * s.noise_sigmas * sigma)
+        split = 0.0
+        if good.sum() >= 2:
+            # against the widths a few accepted frames back: a slow broadening is followed, a split
+            # (sudden on the scale of a few frames) is not
+            base = a.widths[0] if a.widths and a.widths[0].size == refl.width.size else refl.width
+            ratio = width[good] / np.maximum(base[good], 1.0)
+            # against the least widened reflections: a broadening of every line is not a split,
+            # a split widens some lines (those whose d-spacings the distortion separates) only
+            relative = ratio / max(float(np.quantile(ratio, 0.2)), 1e-6)
+            hw = expected[good]
+            widened = relative >= s.split_ratio
+            if a.settled_split is not None and a.settled_split.size == good.size:
+                widened &= ~a.settled_split[good]  # the split this assemblage was born from, growing
+            split = float(hw[widened].sum() / hw.sum())
+            if split < 2.0 * s.threshold:  # one line widening alone is noise or a texture effect
+                split = 0.0
+        # jump: the shift off the trend of the accepted frames
+        jump = 0.0
+        if len(a.trend) >= 3:
+            jump = abs(shift - self._predicted_shift(a, control)) / self._fwhm
+        found = (shift, position, height, width, present, scale)
+        return (new, vanished, split, jump), found
+
+    def _track(self, a: _Assemblage, found, control: float):
+        shift, position, height, width, present, scale = found
+        r = a.reflections
+        moved = r.position + (shift - r.shift)
+        r.position = np.where(present, position, moved)
+        r.height = np.where(present, 0.7 * r.height + 0.3 * height / scale, r.height)
+        r.width = np.where(present, 0.7 * r.width + 0.3 * np.maximum(width, 1.0), r.width)
+        r.shift, r.control = shift, control
+        a.trend.append((control, shift))
+        a.widths.append(np.maximum(width, 1.0) if a.widths and a.widths[-1].size == width.size else r.width.copy())
+        if len(a.widths) > WIDTH_LAG:
+            del a.widths[0]
+        if len(a.trend) > 64:
+            del a.trend[:-32]
+        a.lo, a.hi = min(a.lo, control), max(a.hi, control)
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def _store(self, index: int, y: np.ndarray, sigma: float):
+        self._stored[index] = (y.astype(np.float32), sigma)
+        if len(self._stored) > self.settings.max_stored:
+            del self._stored[min(self._stored)]
+
+    def _confirm(self, y, m, sigma, control):
+        """`confirm` candidates in a row: a transition. The new assemblage starts from this frame."""
+        previous = self.assemblages[-1]
+        previous.reference_height = previous.reflections.height.copy()
+        current = self._start_assemblage(y, m, sigma, control, previous)
+        # reflections of the new assemblage that are wider than its narrowest ones by the split
+        # ratio were born split: their further widening is the distortion growing, not a change
+        w = current.reflections.width
+        if w.size >= 2:
+            current.settled_split = w / max(float(np.quantile(w, 0.2)), 1e-6) >= 0.9 * self.settings.split_ratio
+            if self.frames and self.frames[-1].split >= self.settings.threshold:
+                current.settled_split[:] = True
+        self._coexisting = True
+        self._quiet = 0
+        self._pending = []
+
+    def _fraction(self, old: _Assemblage, y, m, sigma, control) -> float:
+        """How far the change from `old` has gone: the share of its own reflections' height lost."""
+        refl = old.reflections
+        if refl.position.size == 0:
+            return 1.0
+        shift = self._shift(old, y, control)
+        position, height, width, inside = self._locate(refl, shift, y, sigma)
+        own = old.own if old.own is not None else np.ones(refl.position.size, bool)
+        # reflections of `old` not shared with the new assemblage
+        new = self.assemblages[-1] if self.assemblages[-1] is not old else None
+        if new is not None and new.reflections.position.size:
+            d = np.abs(position[:, None] - new.reflections.position[None, :]).min(1)
+            own = own & (d > self.settings.window_widths * self._fwhm + refl.width)
+        ref = old.reference_height if old.reference_height is not None else refl.height
+        keep = own & inside & (ref > 0)
+        if not keep.any():
+            return 1.0
+        # scale: total signal, so that a drop of the beam is not read as a transformation
+        remaining = np.clip(height[keep] / ref[keep], 0.0, 1.0)
+        w = ref[keep]
+        return float(np.clip(1.0 - (w * remaining).sum() / w.sum(), 0.0, 1.0))
+
+    def _coexistence(self, index, y, m, sigma, control, scores, found) -> DetectorFrame:
+        """A frame after a confirmed change, until the new assemblage is fixed."""
+        s = self.settings
+        old, current = self.assemblages[-2], self.assemblages[-1]
+        k = len(self.assemblages) - 1
+        new, _, _, _ = scores
+        shift, position, height, width, present, scale = found
+        self._track(current, found, control)
+        if new >= 0.5 * s.threshold:  # reflections appearing: they belong to the new assemblage
+            extra = self._find(y, m, sigma)
+            if extra.position.size:
+                d = np.abs(extra.position[:, None] - current.reflections.position[None, :]).min(1) \
+                    if current.reflections.position.size else np.full(extra.position.size, np.inf)
+                add = d > s.window_widths * self._fwhm + 1.0
+                r = current.reflections
+                r.position = np.concatenate([r.position, extra.position[add]])
+                r.height = np.concatenate([r.height, extra.height[add] / max(scale, 1e-6)])
+                r.width = np.concatenate([r.width, extra.width[add]])
+                order = np.argsort(r.position)
+                r.position, r.height, r.width = r.position[order], r.height[order], r.width[order]
+                current.first = _Reflections(r.position.copy(), r.height.copy(), r.width.copy(), r.shift, r.control)
+                current.widths = []
+                current.own = np.concatenate([current.own, np.ones(int(add.sum()), bool)])[order]
+                self._quiet = 0 if add.any() else self._quiet + 1
+        else:
+            self._quiet += 1
+        fraction = self._fraction(old, y, m, sigma, control)
+        self._store(index, y, sigma)
+        history = [f.fraction for f in self.frames[-(s.confirm + 1):] if f.status == "changed"]
+        steady = len(history) >= s.confirm and abs(fraction - history[0]) < 0.05
+        if self._quiet >= s.confirm and (fraction >= 0.95 or steady):
+            self._coexisting = False
+            self._rebuild()
+            # the new assemblage as it is now: reflections of the old one that faded are not its own
+            born_split = current.settled_split is not None and bool(current.settled_split.any())
+            lo = current.lo
+            self.assemblages.pop()
+            fixed = self._start_assemblage(y, m, sigma, control, old)
+            fixed.lo = lo
+            if born_split:  # a distortion goes on growing: its lines' widening is not a new change
+                fixed.settled_split = np.ones(fixed.reflections.position.size, bool)
+            return self._record(index, control, k, "same", scores, 0.0)
+        return self._record(index, control, k, "changed", scores, fraction)
+
+    def _side(self, index, y, m, sigma, control) -> DetectorFrame:
+        """A frame inside the scanned range (out of control order): evidence only, no tracking."""
+        below = [a for a in self.assemblages if a.lo <= control]
+        k = self.assemblages.index(below[-1]) if below else 0
+        a = self.assemblages[k]
+        scores, found = self._score_side(a, y, m, sigma, control)
+        score = max(scores[:3])
+        if k + 1 < len(self.assemblages):  # between two assemblages: how far it has transformed
+            nxt = self.assemblages[k + 1]
+            if control <= a.hi:
+                return self._record(index, control, k, "same", scores, 0.0)
+            fraction = self._fraction_between(a, nxt, y, m, sigma, control)
+            return self._record(index, control, k, "changed" if fraction >= 0.5 else "same", scores, fraction,
+                                towards=k + 1)
+        if score >= self.settings.threshold:
+            fraction = min(1.0, 0.5 + 0.5 * (score - self.settings.threshold) / self.settings.threshold)
+            return self._record(index, control, k, "changed", scores, fraction, towards=k + 1)
+        return self._record(index, control, k, "same", scores, 0.0)
+
+    def _score_side(self, a: _Assemblage, y, m, sigma, control):
+        """Scores against the assemblage as tracked at the nearest control (its first or last state)."""
+        saved, saved_trend = a.reflections, a.trend
+        if abs(control - a.first.control) < abs(control - a.reflections.control):
+            a.reflections = a.first.copy()
+        else:
+            a.reflections = a.reflections.copy()
+        try:
+            scores, found = self._score(a, y, m, sigma, control)
+            return (scores[0], scores[1], scores[2], 0.0), found
+        finally:
+            a.reflections, a.trend = saved, saved_trend
+
+    def _fraction_between(self, old: _Assemblage, new: _Assemblage, y, m, sigma, control) -> float:
+        saved = old.reflections
+        old.reflections = old.reflections.copy()
+        try:
+            lost = self._fraction(old, y, m, sigma, control)
+        finally:
+            old.reflections = saved
+        return lost
+
+    def _rebuild(self):
+        """The change point again from every frame's evidence, the coexistence frames re-scored
+        with the final assemblages (once per transition)."""
+        old = self.assemblages[-2]
+        k = len(self.assemblages) - 1
+        refit = {}
+        for f in self.frames:
+            if f.status == "changed" and f.assemblage in (k - 1, k) and f.index in self._stored:
+                y, sigma = self._stored[f.index]
+                frac = self._fraction(old, y.astype(float), y > 0, sigma, f.control)
+                p = np.zeros(MAX_ASSEMBLAGES)
+                p[k - 1], p[k] = 1.0 - frac, frac
+                refit[f.index] = p
+        evidence = [(c, refit.get(i, p)) for i, (c, p) in enumerate(self._evidence)]
+        self._evidence = evidence
+        self._stored.clear()
+        self._changepoint = self._new_changepoint(len(self.assemblages))
+        if evidence:
+            self._changepoint.update_many(np.stack([p for _, p in evidence]), [c for c, _ in evidence])
+
+    def _new_changepoint(self, n_assemblages: int) -> OnlineChangePoint:
+        steps = np.abs(np.diff(np.asarray(self._controls, dtype=float)))
+        steps = steps[np.isfinite(steps) & (steps > 0)]
+        step = float(np.median(steps)) if steps.size else 0.0
+        options = {"systematic_sigma": self.settings.systematic_steps * step, **self.changepoint_options}
+        return OnlineChangePoint(ASSEMBLAGE_NAMES, **options)
+
+    def _feed(self, batch: list[tuple[float, np.ndarray]]):
+        self._evidence.extend(batch)
+        if not batch:
+            return
+        self._changepoint.update_many(np.stack([p for _, p in batch]), [c for c, _ in batch])
+
+
+# -- a measured series, in legs ------------------------------------------------------------------
+
+
+@dataclass
+class Transition:
+    """One transition found along a series: where (control value ± sigma) and between which assemblages."""
+
+    value: float
+    sigma: float
+    interval: tuple[float, float]
+    from_: str
+    to: str
+    direction: str  # "increasing" or "decreasing" control (compression / decompression)
+    settled: bool
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "sigma": self.sigma, "interval": list(self.interval), "from": self.from_,
+                "to": self.to, "direction": self.direction, "settled": self.settled}
+
+
+def scan_legs(controls: Sequence[float], min_frames: int = 3) -> list[np.ndarray]:
+    """Indices of the monotonic legs of a series (a turn back that lasts `min_frames` frames starts
+    a new leg: decompression after compression). Short wiggles stay in their leg."""
+    c = np.asarray(controls, dtype=float)
+    n = c.size
+    if n < 2 * min_frames:
+        return [np.arange(n)]
+    d = np.sign(np.diff(c))
+    legs, start, direction = [], 0, 0.0
+    i = 0
+    while i < d.size:
+        if d[i] == 0:
+            i += 1
+            continue
+        if direction == 0:
+            direction = d[i]
+        elif d[i] != direction and np.all(d[i: i + min_frames] == d[i]) and i + min_frames <= d.size:
+            legs.append(np.arange(start, i + 1))
+            start, direction = i, d[i]
+        i += 1
+    legs.append(np.arange(start, n))
+    return legs
+
+
+def detect_series(frames, controls, two_theta=None, wavelength=None, settings: DetectorSettings | None = None,
+                  ) -> tuple[list[DetectorFrame], list[Transition]]:
+    """The training-free detector over a whole series, leg by leg (see `scan_legs`).
+
+    Returns per-frame records (in the given order; `assemblage` counts across legs, a leg's first
+    assemblage matched to the previous leg's last) and the transitions with their direction."""
+    controls = np.asarray(controls, dtype=float)
+    records: list[DetectorFrame | None] = [None] * len(frames)
+    transitions: list[Transition] = []
+    offset = 0
+    for leg in scan_legs(controls):
+        direction = "increasing" if controls[leg[-1]] >= controls[leg[0]] else "decreasing"
+        sign = 1.0 if direction == "increasing" else -1.0  # the detector reads a leg forwards
+        detector = AssemblageDetector(two_theta, wavelength, settings)
+        out = detector.update_many([frames[i] for i in leg], sign * controls[leg])
+        for i, r in zip(leg, out):
+            if r.assemblage >= 0:
+                r.assemblage += offset
+            r.control = float(controls[i])
+            records[i] = r
+        for b in detector.transitions():
+            if not math.isfinite(b.pressure):
+                continue
+            lo, hi = sorted((sign * b.interval[0], sign * b.interval[1]))
+            transitions.append(Transition(sign * float(b.pressure), float(b.sigma), (lo, hi),
+                                          f"assemblage {b.boundary + 1 + offset}",
+                                          f"assemblage {b.boundary + 2 + offset}", direction, bool(b.settled)))
+        offset += max(0, detector.n_assemblages - 1)
+    return [r for r in records if r is not None], transitions
