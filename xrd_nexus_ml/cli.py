@@ -187,6 +187,35 @@ def cmd_serve(args) -> int:
     return serve(args)
 
 
+def cmd_transition(args) -> int:
+    from xrd_nexus_ml.transitions.series import classify_series, find_transitions, load_series, plot_series
+
+    series = load_series(args.inputs, control=args.control, wavelength=args.wavelength)
+    if args.model == "auto":
+        result = find_transitions(series)
+    else:
+        result = classify_series(series, args.model)
+    if args.plot:
+        result["plot"] = str(plot_series(series, result, args.plot))
+    if args.json:
+        _print_json(result)
+        return 0
+    unit, name = result["unit"], result["control"]
+    print(f"{'frame':<28} {name + ' (' + unit + ')':>18}  status")
+    for f in result["frames"]:
+        extra = f" (score {f['change_score']:.2f})" if f.get("status") == "changed" and "change_score" in f else ""
+        reason = f": {f['reason']}" if f["status"] == "flagged" else ""
+        print(f"{f['file']:<28} {f[name]:>18.4g}  {f['status']}{extra}{reason}")
+    if not result["transitions"]:
+        print("no transition found")
+    for t in result["transitions"]:
+        print(f"transition {t['from']} -> {t['to']} at {t['value']:.4g} ± {t['sigma']:.2g} {unit} (1σ, "
+              f"{t['direction']} {name}{'' if t['settled'] else ', not settled'})")
+    if args.plot:
+        print(f"figure: {result['plot']}")
+    return 0
+
+
 def _add_live_model_arguments(p: argparse.ArgumentParser, default: str = "default") -> None:
     """The models the live classifier runs: the phase-transition model and the optional others."""
     p.add_argument("--transition-model", default="default", metavar="DIR|default|auto|none",
@@ -338,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("transition", help="phase transitions along a measured series (pressure, temperature, ...)")
+    p.add_argument("inputs", nargs="+", metavar="FILE|DIR|FILE.nxs", help="pattern files, a folder of them, or a "
+                   "NeXus file (which records its pressures)")
+    p.add_argument("--control", metavar="CSV", help="'file,<name>_<unit>' header (e.g. file,pressure_GPa), one row "
+                   "per frame in acquisition order (not needed for a NeXus file)")
+    p.add_argument("--wavelength", default=None, help="Å or a line name (CuKa, MoKa); only for files that record none")
+    p.add_argument("--model", default="auto", metavar="DIR|auto",
+                   help="'auto': the training-free detector (any sample); or a bundle from `train transition`")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.add_argument("--plot", metavar="PNG", help="draw the waterfall with the transitions marked")
+    p.set_defaults(func=cmd_transition)
 
     p = sub.add_parser("nexus", help="check NeXus files against NXxrd_ml; recover files whose writer died")
     nx = p.add_subparsers(dest="nexus_command", required=True, metavar="WHAT")

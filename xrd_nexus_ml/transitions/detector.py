@@ -723,48 +723,79 @@ class Transition:
                 "to": self.to, "direction": self.direction, "settled": self.settled}
 
 
-def scan_legs(controls: Sequence[float], min_frames: int = 3) -> list[np.ndarray]:
-    """Indices of the monotonic legs of a series (a turn back that lasts `min_frames` frames starts
-    a new leg: decompression after compression). Short wiggles stay in their leg."""
+def scan_legs(controls: Sequence[float], min_frames: int = 3, min_span: float = 0.25) -> list[np.ndarray]:
+    """Indices of the monotonic legs of a series: a turn back that lasts at least `min_frames`
+    frames and covers at least `min_span` of the series' control range starts a new leg
+    (decompression after compression). Shorter turns stay in their leg: a steered scan
+    bisecting a bracket, a wiggle of the pressure controller."""
     c = np.asarray(controls, dtype=float)
     n = c.size
-    if n < 2 * min_frames:
+    finite = c[np.isfinite(c)]
+    if n < 2 * min_frames or finite.size < 2:
         return [np.arange(n)]
-    d = np.sign(np.diff(c))
-    legs, start, direction = [], 0, 0.0
-    i = 0
-    while i < d.size:
-        if d[i] == 0:
-            i += 1
+    total = float(np.ptp(finite)) or 1.0
+    # runs of one direction: (start, stop) index pairs where the control keeps rising or falling
+    runs, start, direction = [], 0, 0.0
+    for i in range(1, n):
+        d = np.sign(c[i] - c[i - 1]) if np.isfinite(c[i]) and np.isfinite(c[i - 1]) else 0.0
+        if d == 0 or d == direction:
             continue
-        if direction == 0:
-            direction = d[i]
-        elif d[i] != direction and np.all(d[i: i + min_frames] == d[i]) and i + min_frames <= d.size:
-            legs.append(np.arange(start, i + 1))
-            start, direction = i, d[i]
-        i += 1
-    legs.append(np.arange(start, n))
+        if direction != 0:
+            runs.append((start, i - 1, direction))
+            start = i - 1
+        direction = d
+    runs.append((start, n - 1, direction))
+    legs, leg_start, leg_direction = [], 0, runs[0][2]
+    for lo, hi, d in runs[1:]:
+        span = abs(float(np.nanmax(c[lo: hi + 1]) - np.nanmin(c[lo: hi + 1])))
+        if d != leg_direction and hi - lo >= min_frames and span >= min_span * total:
+            legs.append(np.arange(leg_start, lo + 1))
+            leg_start, leg_direction = lo, d
+    legs.append(np.arange(leg_start, n))
     return legs
+
+
+def _same_assemblage(first, second, two_theta, wavelength, settings) -> bool:
+    """Whether two frames (of any control values) hold the same reflections."""
+    probe = AssemblageDetector(two_theta, wavelength, settings)
+    records = probe.update_many([first, second], [0.0, 1.0])
+    return records[1].status == "same"
 
 
 def detect_series(frames, controls, two_theta=None, wavelength=None, settings: DetectorSettings | None = None,
                   ) -> tuple[list[DetectorFrame], list[Transition]]:
     """The training-free detector over a whole series, leg by leg (see `scan_legs`).
 
-    Returns per-frame records (in the given order; `assemblage` counts across legs, a leg's first
-    assemblage matched to the previous leg's last) and the transitions with their direction."""
+    Returns per-frame records (in the given order) and the transitions with their direction.
+    `assemblage` counts across legs: a leg starts in the previous leg's last assemblage, and an
+    assemblage a leg reaches is matched against those seen before (a back-transformation on
+    decompression returns to "assemblage 1", it is not a new one)."""
     controls = np.asarray(controls, dtype=float)
     records: list[DetectorFrame | None] = [None] * len(frames)
     transitions: list[Transition] = []
-    offset = 0
+    known: list[int] = []  # a representative frame index per global assemblage
     for leg in scan_legs(controls):
         direction = "increasing" if controls[leg[-1]] >= controls[leg[0]] else "decreasing"
         sign = 1.0 if direction == "increasing" else -1.0  # the detector reads a leg forwards
         detector = AssemblageDetector(two_theta, wavelength, settings)
         out = detector.update_many([frames[i] for i in leg], sign * controls[leg])
+        ids: dict[int, int] = {}
         for i, r in zip(leg, out):
-            if r.assemblage >= 0:
-                r.assemblage += offset
+            k = r.assemblage
+            if k >= 0 and k not in ids:
+                if k == 0 and known:  # a leg starts where the previous one ended
+                    last = _last_id(records)
+                    ids[k] = last if last is not None else 0
+                else:
+                    match = next((g for g in reversed(range(len(known)))
+                                  if _same_assemblage(frames[known[g]], frames[i], two_theta, wavelength, settings)),
+                                 None) if known else None
+                    if match is None:
+                        known.append(int(i))
+                        match = len(known) - 1
+                    ids[k] = match
+            if k >= 0:
+                r.assemblage = ids[k]
             r.control = float(controls[i])
             records[i] = r
         for b in detector.transitions():
@@ -772,7 +803,13 @@ def detect_series(frames, controls, two_theta=None, wavelength=None, settings: D
                 continue
             lo, hi = sorted((sign * b.interval[0], sign * b.interval[1]))
             transitions.append(Transition(sign * float(b.pressure), float(b.sigma), (lo, hi),
-                                          f"assemblage {b.boundary + 1 + offset}",
-                                          f"assemblage {b.boundary + 2 + offset}", direction, bool(b.settled)))
-        offset += max(0, detector.n_assemblages - 1)
+                                          f"assemblage {ids.get(b.boundary, b.boundary) + 1}",
+                                          f"assemblage {ids.get(b.boundary + 1, b.boundary + 1) + 1}", direction,
+                                          bool(b.settled)))
     return [r for r in records if r is not None], transitions
+
+
+def _last_id(records) -> int | None:
+    """The assemblage of the last classified frame so far (where the previous leg ended)."""
+    done = [r for r in records if r is not None and r.assemblage >= 0]
+    return done[-1].assemblage if done else None

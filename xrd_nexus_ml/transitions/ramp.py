@@ -441,7 +441,7 @@ def seed_pressures(n_frames: int = 349, start: float = 5.0, stop: float = 55.0) 
 def _resolve_phases(phases: Sequence[str | Phase]) -> list[Phase]:
     out = []
     for ph in phases:
-        if isinstance(ph, Phase):
+        if isinstance(ph, Phase) or callable(getattr(ph, "structures", None)):  # materials.StructurePhase
             out.append(ph)
         elif ph in PHASES:
             out.append(PHASES[ph])
