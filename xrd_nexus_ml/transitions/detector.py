@@ -141,7 +141,8 @@ class _Assemblage:
     lo: float = math.inf
     hi: float = -math.inf
     settled_split: np.ndarray | None = None  # bool per reflection: already split when it began
-    widths: list = field(default_factory=list)  # the reflections' widths at the last few accepted frames
+    widths: list = field(default_factory=list)
+    reference_total: float = 1.0  # total signal of the frames whose heights `reference_height` holds  # the reflections' widths at the last few accepted frames
 
 
 class _Axis:
@@ -212,6 +213,8 @@ class AssemblageDetector:
         self._pending: list[int] = []  # stored indices of candidate frames (forward, in a row)
         self._coexisting = False  # between a confirmed change and a fixed new assemblage
         self._quiet = 0  # frames of the coexistence with no reflection added
+        self._split_transition = False  # the current change is a distortion (split lines only)
+        self._last_total = 1.0  # total signal of the last frame taken as the same assemblage
         self._stored: dict[int, tuple[np.ndarray, float]] = {}  # index -> (smoothed frame, noise)
         self._evidence: list[tuple[float, np.ndarray]] = []  # (control, probabilities) of every frame
         self.frames: list[DetectorFrame] = []
@@ -347,11 +350,15 @@ class AssemblageDetector:
             if self._pending:  # the candidates before were lone bad frames
                 self._pending = []
             self._track(current, found, control)
+            self._last_total = self._total(y, sigma)
             return self._record(index, control, k, "same", scores, 0.0)
         self._store(index, y, sigma)
         self._pending.append(index)
         if len(self._pending) >= s.confirm and len(self.assemblages) < MAX_ASSEMBLAGES:
-            self._confirm(y, m, sigma, control)
+            split_seen = split >= s.threshold and max(new, vanished) < s.threshold
+            self._confirm(y, m, sigma, control, split_seen or (self.frames[-1].split >= s.threshold
+                                                               and max(self.frames[-1].new,
+                                                                       self.frames[-1].vanished) < s.threshold))
             fraction = self._fraction(self.assemblages[-2], y, m, sigma, control)
             return self._record(index, control, k + 1, "changed", scores, max(fraction, 0.5))
         fraction = min(1.0, 0.5 + 0.5 * max(score - s.threshold, jump - s.jump_widths, 0.0) / s.threshold)
@@ -395,7 +402,8 @@ class AssemblageDetector:
         if previous is not None:
             own = np.ones(reflections.position.size, bool)
             pos = previous.reflections.position
-            if pos.size:  # shared: within a window of a reflection of the previous assemblage
+            if pos.size:  # shared: within a window of a reflection of the previous one, moved to this frame
+                pos = pos + (self._shift(previous, y, control) - previous.reflections.shift)
                 d = np.abs(reflections.position[:, None] - pos[None, :]).min(1)
                 own = d > self.settings.window_widths * self._fwhm
             a.own = own
@@ -480,6 +488,8 @@ class AssemblageDetector:
         present = height >= np.maximum(s.presence * expected, 2.0 * sigma)
         in_valid = inside & valid[np.clip(np.rint(position).astype(int), 0, n - 1)]
         weight = expected * in_valid
+        if a.own is not None and a.own.size == weight.size:  # lines it shares with the assemblage before
+            weight = weight * a.own  # fade out as that one goes: the transition already counted
         vanished = float(weight[~present].sum() / weight.sum()) if weight.sum() > 0 else 0.0
         # new: signal outside every reflection's extent
         support = np.zeros(n + 1)
@@ -499,7 +509,7 @@ class AssemblageDetector:
         total = float(y[signal].sum())
         new = float(y[signal & ~covered].sum() / total) if total > 0 else 0.0
         # split: strong reflections widened much more than the median one
-        good = present & in_valid & (height > 3.0 * s.noise_sigmas * sigma)
+        good = present & in_valid & (height > 6.0 * s.noise_sigmas * sigma)  # widths need strong lines
         split = 0.0
         if good.sum() >= 2:
             # against the widths a few accepted frames back: a slow broadening is followed, a split
@@ -546,24 +556,34 @@ class AssemblageDetector:
         if len(self._stored) > self.settings.max_stored:
             del self._stored[min(self._stored)]
 
-    def _confirm(self, y, m, sigma, control):
+    def _confirm(self, y, m, sigma, control, split: bool):
         """`confirm` candidates in a row: a transition. The new assemblage starts from this frame."""
         previous = self.assemblages[-1]
         previous.reference_height = previous.reflections.height.copy()
+        previous.reference_total = self._last_total
         current = self._start_assemblage(y, m, sigma, control, previous)
         # reflections of the new assemblage that are wider than its narrowest ones by the split
         # ratio were born split: their further widening is the distortion growing, not a change
         w = current.reflections.width
         if w.size >= 2:
             current.settled_split = w / max(float(np.quantile(w, 0.2)), 1e-6) >= 0.9 * self.settings.split_ratio
-            if self.frames and self.frames[-1].split >= self.settings.threshold:
+            if split:
                 current.settled_split[:] = True
+        # a distortion (lines split, none new or gone) has no coexistence to follow: its onset is
+        # the transition, the frames after it are transformed
+        self._split_transition = split
         self._coexisting = True
         self._quiet = 0
         self._pending = []
 
+    def _total(self, y: np.ndarray, sigma: float) -> float:
+        """A frame's total signal: what its heights are read against in a coexistence (the powder's
+        total scattering changes little in a transition, a frame's strongest line may)."""
+        return max(float(y[y > self.settings.noise_sigmas * sigma].sum()), 1e-12)
+
     def _fraction(self, old: _Assemblage, y, m, sigma, control) -> float:
-        """How far the change from `old` has gone: the share of its own reflections' height lost."""
+        """How far the change from `old` has gone: the share of its own reflections' height lost,
+        each frame's heights taken against its total signal."""
         refl = old.reflections
         if refl.position.size == 0:
             return 1.0
@@ -572,15 +592,20 @@ class AssemblageDetector:
         own = old.own if old.own is not None else np.ones(refl.position.size, bool)
         # reflections of `old` not shared with the new assemblage
         new = self.assemblages[-1] if self.assemblages[-1] is not old else None
-        if new is not None and new.reflections.position.size:
-            d = np.abs(position[:, None] - new.reflections.position[None, :]).min(1)
-            own = own & (d > self.settings.window_widths * self._fwhm + refl.width)
+        if new is not None and new.own is not None and new.own.size == new.reflections.position.size:
+            grown = new.reflections.position[new.own]  # the new one's own lines (not those it inherited)
+        else:
+            grown = new.reflections.position if new is not None else np.zeros(0)
+        if grown.size:
+            d = np.abs(position[:, None] - grown[None, :]).min(1)
+            own = own & (d > self.settings.window_widths * self._fwhm)
         ref = old.reference_height if old.reference_height is not None else refl.height
         keep = own & inside & (ref > 0)
         if not keep.any():
             return 1.0
         # scale: total signal, so that a drop of the beam is not read as a transformation
-        remaining = np.clip(height[keep] / ref[keep], 0.0, 1.0)
+        ratio = (height[keep] / self._total(y, sigma)) / (ref[keep] / max(old.reference_total, 1e-12))
+        remaining = np.clip(ratio, 0.0, 1.0)
         w = ref[keep]
         return float(np.clip(1.0 - (w * remaining).sum() / w.sum(), 0.0, 1.0))
 
@@ -610,13 +635,16 @@ class AssemblageDetector:
                 self._quiet = 0 if add.any() else self._quiet + 1
         else:
             self._quiet += 1
-        fraction = self._fraction(old, y, m, sigma, control)
+        fraction = 1.0 if self._split_transition else self._fraction(old, y, m, sigma, control)
         self._store(index, y, sigma)
-        history = [f.fraction for f in self.frames[-(s.confirm + 1):] if f.status == "changed"]
-        steady = len(history) >= s.confirm and abs(fraction - history[0]) < 0.05
-        if self._quiet >= s.confirm and (fraction >= 0.95 or steady):
+        # the new assemblage is fixed when the old one's own reflections are gone, or when the
+        # mixture has stopped changing for a while (a sample that stays two-phase)
+        span = 3 * s.confirm + 1
+        history = [f.fraction for f in self.frames[-span:] if f.status == "changed"]
+        steady = len(history) >= span and float(np.ptp([*history, fraction])) < 0.1
+        if self._quiet >= s.confirm and (fraction >= 0.9 or steady or self._quiet > 3 * s.confirm):
             self._coexisting = False
-            self._rebuild()
+            self._rebuild(y, sigma, control)
             # the new assemblage as it is now: reflections of the old one that faded are not its own
             born_split = current.settled_split is not None and bool(current.settled_split.any())
             lo = current.lo
@@ -669,16 +697,40 @@ class AssemblageDetector:
             old.reflections = saved
         return lost
 
-    def _rebuild(self):
+    def _rebuild(self, pure_y: np.ndarray, pure_sigma: float, pure_control: float):
         """The change point again from every frame's evidence, the coexistence frames re-scored
-        with the final assemblages (once per transition)."""
-        old = self.assemblages[-2]
+        with both assemblages (once per transition).
+
+        A frame's fraction transformed is f = I_new / (I_new + I_old): I_old the share of the old
+        assemblage's own reflections still there (against their height before the change), I_new
+        that of the new one's own reflections (against the first pure frame, `pure_y`). Both are
+        read in the same frame, so its normalisation cancels; f = 0.5 where both phases are as
+        strong as each alone would be, which is the 50 % point up to the two phases' scattering
+        powers (the systematic term covers that)."""
+        old, new = self.assemblages[-2], self.assemblages[-1]
         k = len(self.assemblages) - 1
+        own = new.own if new.own is not None else np.ones(new.reflections.position.size, bool)
+        reference = None
+        if own.any():
+            shift = self._shift(new, pure_y, pure_control)
+            _, ref_height, _, _ = self._locate(new.reflections, shift, pure_y, pure_sigma)
+            reference = np.where(own, ref_height, 0.0)
+            pure_total = self._total(pure_y, pure_sigma)
         refit = {}
         for f in self.frames:
             if f.status == "changed" and f.assemblage in (k - 1, k) and f.index in self._stored:
                 y, sigma = self._stored[f.index]
-                frac = self._fraction(old, y.astype(float), y > 0, sigma, f.control)
+                y = y.astype(float)
+                remaining = 1.0 - self._fraction(old, y, y > 0, sigma, f.control)
+                frac = 1.0 - remaining
+                if self._split_transition:
+                    frac = 1.0
+                elif reference is not None and reference.sum() > 0:
+                    shift = self._shift(new, y, f.control)
+                    _, height, _, _ = self._locate(new.reflections, shift, y, sigma)
+                    ratio = (height / self._total(y, sigma)) / (np.maximum(reference, 1e-12) / pure_total)
+                    grown = float((reference * np.clip(ratio, 0.0, 1.0)).sum() / reference.sum())
+                    frac = grown / max(grown + remaining, 1e-12)
                 p = np.zeros(MAX_ASSEMBLAGES)
                 p[k - 1], p[k] = 1.0 - frac, frac
                 refit[f.index] = p
