@@ -217,6 +217,7 @@ class AssemblageDetector:
         self._last_total = 1.0  # total signal of the last frame taken as the same assemblage
         self._stored: dict[int, tuple[np.ndarray, float]] = {}  # index -> (smoothed frame, noise)
         self._evidence: list[tuple[float, np.ndarray]] = []  # (control, probabilities) of every frame
+        self._fed = 0  # evidence entries the change point has seen
         self.frames: list[DetectorFrame] = []
         self._controls: list[float] = []
         self._top: float = -math.inf  # largest control of a forward frame so far
@@ -238,14 +239,14 @@ class AssemblageDetector:
         if not len(frames):
             return []
         ys, ms, flags = self._prepare(frames)
-        out, batch = [], []
+        out = []
         for i, control in enumerate(controls):
             noise = float(self._noise[i]) if ys is not None else math.nan
             record = self._one(ys[i] if ys is not None else None, ms[i] if ms is not None else None, flags[i], control,
                                noise)
+            self._evidence.append((control, np.asarray(record.probabilities, dtype=float)))
             out.append(record)
-            batch.append((control, np.asarray(record.probabilities, dtype=float)))
-        self._feed(batch)
+        self._feed()
         return out
 
     def estimates(self) -> list[BoundaryEstimate]:
@@ -581,7 +582,7 @@ class AssemblageDetector:
         total scattering changes little in a transition, a frame's strongest line may)."""
         return max(float(y[y > self.settings.noise_sigmas * sigma].sum()), 1e-12)
 
-    def _fraction(self, old: _Assemblage, y, m, sigma, control) -> float:
+    def _fraction(self, old: _Assemblage, y, m, sigma, control, exclude: np.ndarray | None = None) -> float:
         """How far the change from `old` has gone: the share of its own reflections' height lost,
         each frame's heights taken against its total signal."""
         refl = old.reflections
@@ -592,13 +593,15 @@ class AssemblageDetector:
         own = old.own if old.own is not None else np.ones(refl.position.size, bool)
         # reflections of `old` not shared with the new assemblage
         new = self.assemblages[-1] if self.assemblages[-1] is not old else None
-        if new is not None and new.own is not None and new.own.size == new.reflections.position.size:
+        if exclude is not None:  # lines of the new assemblage in this frame (when it is known pure)
+            grown = exclude
+        elif new is not None and new.own is not None and new.own.size == new.reflections.position.size:
             grown = new.reflections.position[new.own]  # the new one's own lines (not those it inherited)
         else:
             grown = new.reflections.position if new is not None else np.zeros(0)
-        if grown.size:
+        if grown.size:  # an old line within its own width of a new one is not told apart from it
             d = np.abs(position[:, None] - grown[None, :]).min(1)
-            own = own & (d > self.settings.window_widths * self._fwhm)
+            own = own & (d > self.settings.window_widths * self._fwhm + np.maximum(width, refl.width))
         ref = old.reference_height if old.reference_height is not None else refl.height
         keep = own & inside & (ref > 0)
         if not keep.any():
@@ -644,7 +647,6 @@ class AssemblageDetector:
         steady = len(history) >= span and float(np.ptp([*history, fraction])) < 0.1
         if self._quiet >= s.confirm and (fraction >= 0.9 or steady or self._quiet > 3 * s.confirm):
             self._coexisting = False
-            self._rebuild(y, sigma, control)
             # the new assemblage as it is now: reflections of the old one that faded are not its own
             born_split = current.settled_split is not None and bool(current.settled_split.any())
             lo = current.lo
@@ -653,6 +655,7 @@ class AssemblageDetector:
             fixed.lo = lo
             if born_split:  # a distortion goes on growing: its lines' widening is not a new change
                 fixed.settled_split = np.ones(fixed.reflections.position.size, bool)
+            self._rebuild(y, sigma, control)
             return self._record(index, control, k, "same", scores, 0.0)
         return self._record(index, control, k, "changed", scores, fraction)
 
@@ -721,13 +724,13 @@ class AssemblageDetector:
             if f.status == "changed" and f.assemblage in (k - 1, k) and f.index in self._stored:
                 y, sigma = self._stored[f.index]
                 y = y.astype(float)
-                remaining = 1.0 - self._fraction(old, y, y > 0, sigma, f.control)
+                shift = self._shift(new, y, f.control)
+                position, height, _, _ = self._locate(new.reflections, shift, y, sigma)
+                remaining = 1.0 - self._fraction(old, y, y > 0, sigma, f.control, exclude=position)
                 frac = 1.0 - remaining
                 if self._split_transition:
                     frac = 1.0
                 elif reference is not None and reference.sum() > 0:
-                    shift = self._shift(new, y, f.control)
-                    _, height, _, _ = self._locate(new.reflections, shift, y, sigma)
                     ratio = (height / self._total(y, sigma)) / (np.maximum(reference, 1e-12) / pure_total)
                     grown = float((reference * np.clip(ratio, 0.0, 1.0)).sum() / reference.sum())
                     frac = grown / max(grown + remaining, 1e-12)
@@ -740,6 +743,7 @@ class AssemblageDetector:
         self._changepoint = self._new_changepoint(len(self.assemblages))
         if evidence:
             self._changepoint.update_many(np.stack([p for _, p in evidence]), [c for c, _ in evidence])
+        self._fed = len(evidence)
 
     def _new_changepoint(self, n_assemblages: int) -> OnlineChangePoint:
         steps = np.abs(np.diff(np.asarray(self._controls, dtype=float)))
@@ -748,11 +752,12 @@ class AssemblageDetector:
         options = {"systematic_sigma": self.settings.systematic_steps * step, **self.changepoint_options}
         return OnlineChangePoint(ASSEMBLAGE_NAMES, **options)
 
-    def _feed(self, batch: list[tuple[float, np.ndarray]]):
-        self._evidence.extend(batch)
-        if not batch:
-            return
-        self._changepoint.update_many(np.stack([p for _, p in batch]), [c for c, _ in batch])
+    def _feed(self):
+        """The evidence the change point has not seen yet, in one batch."""
+        batch = self._evidence[self._fed:]
+        self._fed = len(self._evidence)
+        if batch:
+            self._changepoint.update_many(np.stack([p for _, p in batch]), [c for c, _ in batch])
 
 
 # -- a measured series, in legs ------------------------------------------------------------------
