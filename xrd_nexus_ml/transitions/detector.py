@@ -74,12 +74,12 @@ class DetectorSettings:
     noise_sigmas: float = 5.0  # signal: the smoothed frame above this many noise σ
     presence: float = 0.3  # a reflection is gone below this share of its expected height
     window_widths: float = 0.8  # half-width of a reflection's search window, in peak FWHMs
-    split_ratio: float = 1.15  # a reflection widened (since the anchor) this much more than the least widened ones
+    split_ratio: float = 1.10  # a reflection widened (since the anchor) this much more than the least widened ones
     jump_widths: float = 1.0  # a shift off the trend by this many FWHMs is a volume jump
     max_shift: float = 0.08  # largest |Δ ln q| searched between a frame and its anchor (8 % in d)
     min_peak_sigmas: float = 8.0  # reflections of the assemblage: peaks above this many noise σ
     max_peaks: int = 64  # strongest reflections tracked
-    systematic_steps: float = 0.35  # systematic σ of the estimate, in control steps (calibrated)
+    systematic_steps: float = 0.52  # systematic σ, in control steps: `calibrate_detector()` on the tuning materials
     max_stored: int = 4096  # frames kept for the rebuild at a transition (older ones as evidence only)
 
     def __post_init__(self):
@@ -457,12 +457,13 @@ class AssemblageDetector:
         j = np.argmax(window, axis=1)
         height = window[np.arange(len(j)), j]
         position = idx[np.arange(len(j)), j].astype(float)
-        # width: second moment of the window above half the peak height
-        w = np.clip(window - 0.5 * height[:, None], 0.0, None)
-        total = w.sum(1)
-        mean = (w * idx).sum(1) / np.maximum(total, 1e-12)
-        var = (w * (idx - mean[:, None]) ** 2).sum(1) / np.maximum(total, 1e-12)
-        width = np.sqrt(np.maximum(var, 0.0)) * 2.355 * 1.6  # second moment above half height -> ~FWHM
+        # width: the integral breadth (area / height) over ±1.5 FWHM around the maximum, which is
+        # not quantised by the grid the way a half-height width of a few points is; a split line
+        # keeps its area and loses height, so its breadth grows
+        reach = max(2, int(round(1.5 * self._fwhm)))
+        around = np.clip(np.rint(position).astype(int)[:, None] + np.arange(-reach, reach + 1)[None, :], 0, n - 1)
+        area = y[around].sum(1)
+        width = area / np.maximum(height, 1e-12) / 1.0645  # a Gaussian's FWHM from its integral breadth
         return position, height, width, inside
 
     def _score(self, a: _Assemblage, y: np.ndarray, m: np.ndarray, sigma: float, control: float):
