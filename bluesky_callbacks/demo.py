@@ -26,16 +26,21 @@ SAMPLE = {"name": "ferropericlase (Mg0.2Fe0.8)O", "chemical_formula": "Mg0.2Fe0.
 
 
 def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, device: str = "auto",
-             transition_pressure: float = 31.0, precision: float = 0.5, noise: float = 0.02, seed: int = 0,
+             transition_pressure: float | None = None, precision: float | None = None, noise: float = 0.02,
+             seed: int = 0,
              store: bool = True, area_detector: bool = False, spacegroup_model: str | None = "default",
              identification_model: str | None = "default", identification_options: dict | None = None,
-             transition_model: str = "default") -> dict:
+             transition_model: str = "default", sample: str | None = None) -> dict:
     """Run the scan and write everything under `out`; returns the summary.
 
     area_detector: classify the pyFAI-integrated frames of the simulated 2D detector instead of
     the 1D detector's patterns. spacegroup_model / identification_model / identification_options:
     the optional live models (`InferenceEngine.from_bundles`; None or "none": not run).
-    transition_model: a bundle folder, "default" (shipped), "auto" (training-free) or "none"."""
+    transition_model: a bundle folder, "default" (shipped), "auto" (training-free) or "none".
+    sample: a material of `transitions.materials.MATERIALS` (e.g. "KCl", "Si") instead of the seed's
+    (Mg,Fe)O; its literature transition unless `transition_pressure` is given, its pressure range,
+    and steps and precision scaled to that range. Only "auto" or a model trained for it can follow
+    it (the shipped models know (Mg,Fe)O alone)."""
     from bluesky import RunEngine
 
     from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
@@ -49,14 +54,31 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sample = SampleModel(transition_pressure=transition_pressure, noise=noise, seed=seed)
+    start, stop, coarse = 5.0, 55.0, 6.0
+    sample_md = SAMPLE
+    if sample is not None:
+        from xrd_nexus_ml.transitions.materials import MATERIALS
+
+        if sample not in MATERIALS:
+            raise ValueError(f"unknown sample {sample!r}; the demo knows {', '.join(MATERIALS)}")
+        material = MATERIALS[sample]
+        start, stop = material.pressure_range
+        coarse = (stop - start) / 8.0
+        if transition_pressure is None:
+            transition_pressure = material.transition_pressures[0] if material.transition_pressures else stop + 1.0
+        if precision is None:
+            precision = (stop - start) / 100.0
+        sample_md = _material_metadata(material)
+    transition_pressure = 31.0 if transition_pressure is None else transition_pressure
+    precision = 0.5 if precision is None else precision
+    sample = SampleModel(transition_pressure=transition_pressure, noise=noise, seed=seed, material=sample)
     beamline = make_beamline(sample, settle_time=0.0, area_detector=area_detector)
     detector = beamline.area_detector if area_detector else beamline.detector
     pattern_key = f"{detector.name}_integrated" if area_detector else f"{detector.name}_pattern"
     engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
                                           identification_options=identification_options)
-    policy = SteeringPolicy(start=5.0, stop=55.0, precision=precision, max_frames=max_frames)
+    policy = SteeringPolicy(start=start, stop=stop, precision=precision, max_frames=max_frames, coarse_step=coarse)
     classifier = ClassifierCallback(engine, FrameKeys(pattern=pattern_key),
                                     changepoint_options=policy.changepoint_options())
     nexus = NexusWriter(out / "nexus", pattern_key=pattern_key, license="CC-BY-4.0",
@@ -81,7 +103,8 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
         step = 2.0 * precision
         plan = uniform_pressure_ramp(detectors, beamline.pressure, policy.start, policy.stop, step,
                                      estimate_source=classifier, precision=precision)
-    md = {"sample": SAMPLE, "title": f"pressure ramp of {SAMPLE['name']}, {'adaptive' if steering else 'uniform'}",
+    md = {"sample": sample_md,
+          "title": f"pressure ramp of {sample_md['name']}, {'adaptive' if steering else 'uniform'}",
           "owner": "xrd-nexus-ml demo", "license": "CC-BY-4.0", "energy_kev": beamline.energy.position}
     try:
         result = RE(plan, **md)
@@ -104,6 +127,16 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     if run_store is not None:
         run_store.close()
     return summary
+
+
+def _material_metadata(material) -> dict:
+    """The start document's sample of a literature material: name, formula, elements."""
+    structure = getattr(material.phases[0], "structure", None)
+    if structure is None:
+        return SAMPLE
+    composition = structure.composition.reduced_composition
+    return {"name": material.name, "chemical_formula": composition.formula.replace(" ", ""),
+            "elements": sorted(str(e) for e in composition.elements)}
 
 
 def _read_back(run_store, uid: str, device: str, pattern_key: str) -> dict:
@@ -293,7 +326,8 @@ def cmd_demo(args) -> int:
                        transition_pressure=args.transition_pressure, precision=args.precision, seed=args.seed,
                        store=not args.no_store, area_detector=args.area_detector,
                        spacegroup_model=args.spacegroup_model, identification_model=args.identification_model,
-                       identification_options=identification_options(args), transition_model=args.transition_model)
+                       identification_options=identification_options(args), transition_model=args.transition_model,
+                       sample=args.sample)
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
     else:

@@ -264,10 +264,17 @@ class SampleModel:
     background: float = 0.1
     phases: tuple[str, ...] = ("B1", "rB1")
     seed: int = 0
+    material: str | None = None  # a name of `transitions.materials.MATERIALS` instead of `phases`
 
     def __post_init__(self):
+        if self.material is not None:
+            from xrd_nexus_ml.transitions.materials import MATERIALS
+
+            if self.material not in MATERIALS:
+                raise SimulatedBeamlineError(f"SampleModel.material must be one of {', '.join(MATERIALS)}, "
+                                             f"got {self.material!r}")
         unknown = [p for p in self.phases if p not in PHASES]
-        if len(self.phases) < 2 or unknown:
+        if self.material is None and (len(self.phases) < 2 or unknown):
             raise SimulatedBeamlineError(
                 f"SampleModel.phases must name at least two of {', '.join(PHASES)}, got {self.phases!r}")
         for name in ("noise", "background"):
@@ -327,6 +334,18 @@ class PatternSource:
 
     def _simulate(self, pressures: Sequence[float] | np.ndarray, energy_kev: float) -> np.ndarray:
         s = self.sample
+        if s.material is not None:  # a literature material: its own phases, EOS and transitions
+            from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
+
+            material = MATERIALS[s.material]
+            n_b = len(material.transition_pressures)
+            given = s.transition_pressure if isinstance(s.transition_pressure, tuple) else (s.transition_pressure,)
+            ramp = simulate_material_ramp(material, pressures=np.asarray(pressures, float), noise=0.0, background=0.0,
+                                          seed=s.seed, energy_kev=float(energy_kev), two_theta=self._two_theta_range,
+                                          transition_pressures=given[:n_b] if len(given) >= n_b and n_b else None)
+            patterns = ramp.intensity.astype(np.float64)
+            patterns.setflags(write=False)
+            return patterns
         ramp = simulate_ramp(pressures, s.transition_pressure, s.coexistence_width, noise=0.0, seed=s.seed,
                              phases=s.phases, background=0.0,
                              instrument=Instrument(energy_kev=float(energy_kev), two_theta=self._two_theta_range))

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from xrd_nexus_ml.transitions.models import train_models
 from xrd_nexus_ml.transitions.ramp import simulate_training_set
 
@@ -28,6 +30,13 @@ def train_transition(out: Path, seed: int = 0, fast: bool = False) -> dict:
     started = time.perf_counter()
     training_set = simulate_training_set(seed=seed)
     models = train_models(training_set, seed=seed, fast=fast)
+    summary = _write(out, models, training_set, seed, fast, started)
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _write(out, models: dict, training_set, seed: int, fast: bool, started: float) -> dict:
+    """Each model's bundle under `out` and the summary of the run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -47,13 +56,85 @@ def train_transition(out: Path, seed: int = 0, fast: bool = False) -> dict:
         "fast": fast,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def train_transition_from_cifs(out: Path, phases: list, transitions: list[float] | None = None,
+                               pressure_range: tuple[float, float] | None = None, energy_kev: float = 25.6,
+                               two_theta: tuple[float, float, int] = (10.0, 26.0, 4023), coexistence: float = 1.0,
+                               seed: int = 0, fast: bool = False) -> dict:
+    """The seed's models for a user's own phases (`materials.StructurePhase`, e.g. from
+    `phase_from_cif`, in pressure order): their ramp simulated with the package's simulator at the
+    user's beam energy and detector range, 4 + 40 training patterns, calibration ramps of the same
+    phases (transitions drawn around the expected ones), bundles written under `out`."""
+    from xrd_nexus_ml.transitions.materials import Material, simulate_material_ramp
+    from xrd_nexus_ml.transitions.ramp import Instrument, RampError
+
+    started = time.perf_counter()
+    if len(phases) < 2:
+        raise RampError("a transition model needs at least two --phase")
+    n_b = len(phases) - 1
+    if transitions is not None and len(transitions) != n_b:
+        raise RampError(f"{len(phases)} phases need {n_b} --transition value(s), got {len(transitions)}")
+    if pressure_range is None:
+        top = 2.0 * max(transitions) if transitions else 50.0
+        pressure_range = (0.0, max(top, 5.0))
+    lo, hi = pressure_range
+    if transitions is None:  # evenly spaced inside the range: the scan is what finds them
+        transitions = [lo + (hi - lo) * (k + 1) / (n_b + 1) for k in range(n_b)]
+    material = Material(name="+".join(p.name for p in phases), phases=tuple(phases),
+                        transition_pressures=tuple(float(t) for t in transitions),
+                        coexistence_widths=(float(coexistence),) * n_b, pressure_range=(float(lo), float(hi)),
+                        kind="reconstructive", description="user phases (train transition --phase)")
+    instrument = Instrument(energy_kev=energy_kev, two_theta=tuple(two_theta))
+    training_set = simulate_training_set(phases=phases, pressure_range=(lo, hi), reference_transition=transitions,
+                                         instrument=instrument, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+
+    def calibration_ramp(k: int, ramp_seed: int):
+        jitter = rng.uniform(-0.1, 0.1) * (hi - lo)  # the transition moves: the model must not learn where
+        shifted = [min(max(t + jitter, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo)) for t in transitions]
+        return simulate_material_ramp(material, pressures=np.linspace(lo, hi, 120), seed=ramp_seed,
+                                      noise=float(rng.uniform(0.005, 0.02)), background=float(rng.uniform(0, 0.2)),
+                                      energy_kev=energy_kev, two_theta=tuple(two_theta),
+                                      transition_pressures=shifted)
+
+    models = train_models(training_set, seed=seed, fast=fast, ramp_factory=calibration_ramp)
+    summary = _write(out, models, training_set, seed, fast, started)
+    summary["phases_source"] = [getattr(p, "eos_source", "") for p in phases]
+    summary["bulk_modulus_gpa"] = [{"k0": p.eos.k0, "k0_prime": p.eos.k0_prime,
+                                    "relative_uncertainty": getattr(p, "k0_uncertainty", 0.0)} for p in phases]
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 
 def cmd_train_transition(args) -> int:
     """The CLI command (`xrd-nexus-ml train transition`)."""
-    summary = train_transition(Path(args.out), seed=args.seed, fast=args.fast)
+    if getattr(args, "phase", None):
+        from xrd_nexus_ml.transitions.materials import phase_from_cif
+        from xrd_nexus_ml.transitions.ramp import BirchMurnaghan3, RampError
+
+        eos = list(args.eos or [])
+        if eos and len(eos) != len(args.phase):
+            raise RampError(f"--eos needs one 'V0,K0,K0p' per --phase ({len(args.phase)}), got {len(eos)}")
+        phases = []
+        for i, cif in enumerate(args.phase):
+            given = None
+            if eos:
+                try:
+                    v0, k0, k0p = (float(v) for v in eos[i].split(","))
+                except ValueError:
+                    raise RampError(f"--eos {eos[i]!r}: expected V0,K0,K0p (Å^3 of the CIF cell or per formula "
+                                    "unit, GPa, dimensionless)") from None
+                given = BirchMurnaghan3(v0, k0, k0p, source="--eos")
+            phases.append(phase_from_cif(cif, eos=given))
+        summary = train_transition_from_cifs(Path(args.out), phases, transitions=args.transition,
+                                             pressure_range=tuple(args.pressure_range) if args.pressure_range else None,
+                                             energy_kev=args.energy, two_theta=(args.two_theta[0], args.two_theta[1],
+                                                                                int(args.two_theta[2])),
+                                             seed=args.seed, fast=args.fast)
+    else:
+        summary = train_transition(Path(args.out), seed=args.seed, fast=args.fast)
     if getattr(args, "json", False):
         print(json.dumps(summary, indent=2, default=float))
         return 0

@@ -249,8 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (NeXus file, store, PNG, summary.json)")
     p.add_argument("--frames", type=int, default=60, help="most frames the scan may take")
     p.add_argument("--no-steering", action="store_true", help="a uniform ramp instead of adaptive steering")
-    p.add_argument("--precision", type=float, default=0.5, help="transition pressure precision to reach, GPa")
-    p.add_argument("--transition-pressure", type=float, default=31.0, help="the simulated sample's, GPa")
+    p.add_argument("--precision", type=float, default=None,
+                   help="transition pressure precision to reach, GPa (default 0.5; 1 %% of the range with --sample)")
+    p.add_argument("--transition-pressure", type=float, default=None,
+                   help="the simulated sample's, GPa (default 31; the literature value with --sample)")
+    p.add_argument("--sample", default=None, metavar="NAME",
+                   help="simulate a literature material instead of (Mg0.2Fe0.8)O: KCl, NaCl, Si, ZnO, Fe, SiO2, "
+                        "MgO, Au, Al2O3 (use with --transition-model auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     p.add_argument("--no-store", action="store_true", help="skip the embedded tiled store")
@@ -407,6 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for the bundles")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--fast", action="store_true", help="fewer training epochs (smoke runs)")
+    t.add_argument("--phase", action="append", metavar="CIF",
+                   help="your own phases, in pressure order (repeat; default: the shipped (Mg,Fe)O B1 -> rB1)")
+    t.add_argument("--eos", action="append", metavar="V0,K0,K0p",
+                   help="Birch-Murnaghan EOS per --phase (Å^3 of the CIF cell or per formula unit, GPa, -); "
+                        "default: K0 estimated from the volume per atom (±60 %%), K0' = 4")
+    t.add_argument("--transition", type=float, nargs="+", metavar="GPa",
+                   help="expected transition pressure(s) (default: evenly spaced in the range)")
+    t.add_argument("--pressure-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="GPa of the ramp to simulate (default 0 to twice the highest transition, or 0-50)")
+    t.add_argument("--energy", type=float, default=25.6, help="beam energy, keV (default 25.6)")
+    t.add_argument("--two-theta", type=float, nargs=3, default=(10.0, 26.0, 4023), metavar=("START", "STOP", "N"),
+                   help="detector range (degrees) and point count (default 10 26 4023)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
     from xrd_nexus_ml.identification.commands import add_parsers as add_identification_parsers

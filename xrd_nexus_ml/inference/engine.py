@@ -178,6 +178,10 @@ class InferenceEngine:
         else:
             phase_dir = folder(phase_model)
             model = load_model(phase_dir)
+            if gate_model == DEFAULT_GATE_MODEL and Path(str(phase_model)).is_dir():
+                # a model of the user's phases (`train transition --phase`): its own open-set check
+                sibling = phase_dir.parent / "cosine_baseline"
+                gate_model = sibling if (sibling / "card.json").is_file() and sibling != phase_dir else None
             provenance.append(_provenance("phase_classification", model.kind, phase_dir / "card.json",
                                           torch.device("cpu")))
         if gate_model is not None:

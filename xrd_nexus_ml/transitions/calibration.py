@@ -26,19 +26,25 @@ import numpy as np
 CALIBRATION_SEED_OFFSET = 7_000
 
 
-def changepoint_calibration(model, n_ramps: int = 6, seed: int = 0) -> dict:
-    """{"n_ramps", "errors_gpa", "bias_gpa", "sigma_statistical_gpa", "systematic_sigma_gpa"} of `model`."""
+def changepoint_calibration(model, n_ramps: int = 6, seed: int = 0, ramp_factory=None) -> dict:
+    """{"n_ramps", "errors_gpa", "bias_gpa", "sigma_statistical_gpa", "systematic_sigma_gpa"} of `model`.
+
+    ramp_factory(k, seed): the k-th calibration ramp (a `ramp.Ramp`) for phases that are not the
+    seed's (a model trained from a user's CIFs); default: (Mg,Fe)O ramps like the evaluation's."""
     from xrd_nexus_ml.transitions.changepoint import TransitionTracker
     from xrd_nexus_ml.transitions.evaluate import ramp_configs
     from xrd_nexus_ml.transitions.ramp import seed_pressures, simulate_ramp
 
     errors, sigmas = [], []
-    for config in ramp_configs(n_ramps, CALIBRATION_SEED_OFFSET + seed):
-        transition = config["transition_pressure"]
-        if model.n_phases > 2:  # consecutive boundaries 16 GPa apart, as the evaluation does
-            transition = [transition - 8.0 * (model.n_phases - 2) + 16.0 * k for k in range(model.n_phases - 1)]
-        ramp = simulate_ramp(seed_pressures(), transition, config["coexistence_width"], noise=config["noise"],
-                             seed=config["seed"], phases=model.phase_names, background=config["background"])
+    for k, config in enumerate(ramp_configs(n_ramps, CALIBRATION_SEED_OFFSET + seed)):
+        if ramp_factory is not None:
+            ramp = ramp_factory(k, CALIBRATION_SEED_OFFSET + seed + k)
+        else:
+            transition = config["transition_pressure"]
+            if model.n_phases > 2:  # consecutive boundaries 16 GPa apart, as the evaluation does
+                transition = [transition - 8.0 * (model.n_phases - 2) + 16.0 * k for k in range(model.n_phases - 1)]
+            ramp = simulate_ramp(seed_pressures(), transition, config["coexistence_width"], noise=config["noise"],
+                                 seed=config["seed"], phases=model.phase_names, background=config["background"])
         tracker = TransitionTracker(model, two_theta=ramp.two_theta, wavelength=ramp.wavelength,
                                     systematic_sigma=0.0, systematic_bias=0.0)
         final = tracker.run(list(ramp.intensity), ramp.pressures)[-1].boundaries

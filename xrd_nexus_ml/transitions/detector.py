@@ -141,6 +141,7 @@ class _Assemblage:
     lo: float = math.inf
     hi: float = -math.inf
     settled_split: np.ndarray | None = None  # bool per reflection: already split when it began
+    anchor_sigma: float = 1e-3  # noise σ of the anchor frame
     widths: list = field(default_factory=list)
     reference_total: float = 1.0  # total signal of the frames whose heights `reference_height` holds  # the reflections' widths at the last few accepted frames
 
@@ -399,7 +400,7 @@ class AssemblageDetector:
             reflections.width = np.maximum(width, 1.0)
         anchor_fft = np.fft.rfft(y, 2 * y.size)
         a = _Assemblage(anchor=y, anchor_fft=anchor_fft, reflections=reflections, first=reflections.copy(),
-                        trend=[(control, 0.0)], lo=control, hi=control)
+                        trend=[(control, 0.0)], lo=control, hi=control, anchor_sigma=sigma)
         if previous is not None:
             own = np.ones(reflections.position.size, bool)
             pos = previous.reflections.position
@@ -575,6 +576,7 @@ class AssemblageDetector:
         # the transition, the frames after it are transformed
         self._split_transition = split
         self._coexisting = True
+        self._restart_changepoint()  # the systematic term now that the scan's spacing is known
         self._quiet = 0
         self._pending = []
 
@@ -692,64 +694,69 @@ class AssemblageDetector:
         finally:
             a.reflections, a.trend = saved, saved_trend
 
+    def _mixture_fraction(self, old: _Assemblage, new: _Assemblage, y, sigma, control, reference, pure_total) -> float:
+        """Fraction transformed from `old` to `new` of one frame: f = I_new / (I_new + I_old), I_old
+        the share of the old assemblage's own lines still there (against their height before the
+        change), I_new that of the new one's own lines (`reference`: their heights in a pure frame
+        of total signal `pure_total`). Both are read in the same frame, so its normalisation
+        cancels; f = 0.5 where both phases are as strong as each alone would be: the 50 % point up
+        to the two phases' scattering powers (the systematic term covers that)."""
+        shift = self._shift(new, y, control)
+        position, height, _, _ = self._locate(new.reflections, shift, y, sigma)
+        remaining = 1.0 - self._fraction(old, y, y > 0, sigma, control, exclude=position)
+        if self._split_transition or reference is None or reference.sum() <= 0:
+            return 1.0 if self._split_transition else 1.0 - remaining
+        ratio = (height / self._total(y, sigma)) / (np.maximum(reference, 1e-12) / pure_total)
+        grown = float((reference * np.clip(ratio, 0.0, 1.0)).sum() / reference.sum())
+        return grown / max(grown + remaining, 1e-12)
+
+    def _reference(self, new: _Assemblage, pure_y, pure_sigma, pure_control):
+        """Heights of the new assemblage's own lines in a pure frame of it, and that frame's total."""
+        own = new.own if new.own is not None else np.ones(new.reflections.position.size, bool)
+        if not own.any():
+            return None, 1.0
+        shift = self._shift(new, pure_y, pure_control)
+        _, height, _, _ = self._locate(new.reflections, shift, pure_y, pure_sigma)
+        return np.where(own, height, 0.0), self._total(pure_y, pure_sigma)
+
     def _fraction_between(self, old: _Assemblage, new: _Assemblage, y, m, sigma, control) -> float:
-        saved = old.reflections
-        old.reflections = old.reflections.copy()
-        try:
-            lost = self._fraction(old, y, m, sigma, control)
-        finally:
-            old.reflections = saved
-        return lost
+        """A frame between two assemblages (out of control order): its fraction transformed, the
+        new assemblage's anchor standing for its pure frame."""
+        reference, pure_total = self._reference(new, new.anchor, new.anchor_sigma, new.trend[0][0])
+        return self._mixture_fraction(old, new, y, sigma, control, reference, pure_total)
 
     def _rebuild(self, pure_y: np.ndarray, pure_sigma: float, pure_control: float):
         """The change point again from every frame's evidence, the coexistence frames re-scored
-        with both assemblages (once per transition).
-
-        A frame's fraction transformed is f = I_new / (I_new + I_old): I_old the share of the old
-        assemblage's own reflections still there (against their height before the change), I_new
-        that of the new one's own reflections (against the first pure frame, `pure_y`). Both are
-        read in the same frame, so its normalisation cancels; f = 0.5 where both phases are as
-        strong as each alone would be, which is the 50 % point up to the two phases' scattering
-        powers (the systematic term covers that)."""
+        with both assemblages (`_mixture_fraction`, `pure_y` the first frame of the new one alone;
+        once per transition)."""
         old, new = self.assemblages[-2], self.assemblages[-1]
         k = len(self.assemblages) - 1
-        own = new.own if new.own is not None else np.ones(new.reflections.position.size, bool)
-        reference = None
-        if own.any():
-            shift = self._shift(new, pure_y, pure_control)
-            _, ref_height, _, _ = self._locate(new.reflections, shift, pure_y, pure_sigma)
-            reference = np.where(own, ref_height, 0.0)
-            pure_total = self._total(pure_y, pure_sigma)
+        reference, pure_total = self._reference(new, pure_y, pure_sigma, pure_control)
         refit = {}
         for f in self.frames:
             if f.status == "changed" and f.assemblage in (k - 1, k) and f.index in self._stored:
                 y, sigma = self._stored[f.index]
-                y = y.astype(float)
-                shift = self._shift(new, y, f.control)
-                position, height, _, _ = self._locate(new.reflections, shift, y, sigma)
-                remaining = 1.0 - self._fraction(old, y, y > 0, sigma, f.control, exclude=position)
-                frac = 1.0 - remaining
-                if self._split_transition:
-                    frac = 1.0
-                elif reference is not None and reference.sum() > 0:
-                    ratio = (height / self._total(y, sigma)) / (np.maximum(reference, 1e-12) / pure_total)
-                    grown = float((reference * np.clip(ratio, 0.0, 1.0)).sum() / reference.sum())
-                    frac = grown / max(grown + remaining, 1e-12)
+                frac = self._mixture_fraction(old, new, y.astype(float), sigma, f.control, reference, pure_total)
                 p = np.zeros(MAX_ASSEMBLAGES)
                 p[k - 1], p[k] = 1.0 - frac, frac
                 refit[f.index] = p
-        evidence = [(c, refit.get(i, p)) for i, (c, p) in enumerate(self._evidence)]
-        self._evidence = evidence
+        self._evidence = [(c, refit.get(i, p)) for i, (c, p) in enumerate(self._evidence)]
         self._stored.clear()
+        self._restart_changepoint()
+
+    def _restart_changepoint(self):
+        """A new change point fed every frame's evidence (its systematic term from the frames so far)."""
         self._changepoint = self._new_changepoint(len(self.assemblages))
-        if evidence:
-            self._changepoint.update_many(np.stack([p for _, p in evidence]), [c for c, _ in evidence])
-        self._fed = len(evidence)
+        if self._evidence:
+            self._changepoint.update_many(np.stack([p for _, p in self._evidence]), [c for c, _ in self._evidence])
+        self._fed = len(self._evidence)
 
     def _new_changepoint(self, n_assemblages: int) -> OnlineChangePoint:
-        steps = np.abs(np.diff(np.asarray(self._controls, dtype=float)))
-        steps = steps[np.isfinite(steps) & (steps > 0)]
-        step = float(np.median(steps)) if steps.size else 0.0
+        # the mean spacing of the frames along the control: a ramp's step, or for a steered scan
+        # (coarse steps, then bisection) the coarse resolution its frames give on average
+        controls = np.asarray(self._controls, dtype=float)
+        controls = np.unique(controls[np.isfinite(controls)])
+        step = float(np.ptp(controls) / (controls.size - 1)) if controls.size > 1 else 0.0
         options = {"systematic_sigma": self.settings.systematic_steps * step, **self.changepoint_options}
         return OnlineChangePoint(ASSEMBLAGE_NAMES, **options)
 

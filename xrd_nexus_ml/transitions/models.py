@@ -715,11 +715,12 @@ MODELS: dict[str, type[_Base]] = {
 
 
 def train_models(training_set, seed: int = 0, fast: bool = False,
-                 calibration_ramps: int | None = None) -> dict[str, _Base]:
+                 calibration_ramps: int | None = None, ramp_factory=None) -> dict[str, _Base]:
     """The recipe: the binned vote, the end-to-end network and the cosine baseline, trained on one
     `ramp.TrainingSet` (patterns with phase fractions), then the change point's systematic error
     of each measured on `calibration_ramps` simulated ramps (default 8, 2 when fast; 0: not
-    measured). fast: fewer epochs (tests, smoke runs)."""
+    measured; `ramp_factory`: how to draw them, see `calibration.changepoint_calibration`).
+    fast: fewer epochs (tests, smoke runs)."""
     kwargs = {"two_theta": training_set.two_theta, "wavelength": training_set.wavelength}
     epochs = {"binned_vote": 60, "end_to_end": 80} if fast else {}
     names = training_set.phase_names
@@ -737,5 +738,6 @@ def train_models(training_set, seed: int = 0, fast: bool = False,
         from xrd_nexus_ml.transitions.calibration import changepoint_calibration
 
         for model in models.values():
-            model.changepoint = changepoint_calibration(model, n_ramps=calibration_ramps, seed=seed)
+            model.changepoint = changepoint_calibration(model, n_ramps=calibration_ramps, seed=seed,
+                                                        ramp_factory=ramp_factory)
     return models

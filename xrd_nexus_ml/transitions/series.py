@@ -79,13 +79,21 @@ def read_control_csv(path) -> tuple[str, str, list[tuple[str, float]]]:
     return name, unit, entries
 
 
+def _is_control_csv(path: Path) -> bool:
+    """A control CSV (header 'file,...') lying in a folder of patterns is not a pattern."""
+    if path.suffix.lower() != ".csv":
+        return False
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        return handle.readline().strip().lower().startswith("file,")
+
+
 def _pattern_files(inputs: Sequence) -> list[Path]:
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-                           and p.suffix.lower() not in NEXUS_SUFFIXES)
+                           and p.suffix.lower() not in NEXUS_SUFFIXES and not _is_control_csv(p))
             if not found:
                 raise SeriesError(f"{path}: no pattern files ({', '.join(SUPPORTED_SUFFIXES)})")
             files.extend(found)
