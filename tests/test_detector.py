@@ -75,7 +75,8 @@ def test_frames_inside_the_scanned_range_only_add_evidence():
     inside = {round(r.control, 1): r for r in records[-2:]}
     assert inside[32.5].probabilities[1] > 0.5 > inside[27.5].probabilities[1]
     estimate = detector.transitions()[0]
-    assert 27.5 <= estimate.pressure <= 35.0
+    assert 27.5 <= estimate.map_pressure <= 35.0  # the bracket the frames inside it narrowed
+    assert estimate.interval[0] <= 30.0 <= estimate.interval[1]  # few frames: a wide but honest interval
 
 
 def test_a_series_that_turns_back_is_read_leg_by_leg():

@@ -59,18 +59,14 @@ def _write(out, models: dict, training_set, seed: int, fast: bool, started: floa
     return summary
 
 
-def train_transition_from_cifs(out: Path, phases: list, transitions: list[float] | None = None,
-                               pressure_range: tuple[float, float] | None = None, energy_kev: float = 25.6,
-                               two_theta: tuple[float, float, int] = (10.0, 26.0, 4023), coexistence: float = 1.0,
-                               seed: int = 0, fast: bool = False) -> dict:
-    """The seed's models for a user's own phases (`materials.StructurePhase`, e.g. from
-    `phase_from_cif`, in pressure order): their ramp simulated with the package's simulator at the
-    user's beam energy and detector range, 4 + 40 training patterns, calibration ramps of the same
-    phases (transitions drawn around the expected ones), bundles written under `out`."""
+def train_transition_models(phases: list, transitions: list[float] | None = None,
+                            pressure_range: tuple[float, float] | None = None, energy_kev: float = 25.6,
+                            two_theta: tuple[float, float, int] = (10.0, 26.0, 4023), coexistence: float = 1.0,
+                            seed: int = 0, fast: bool = False) -> tuple[dict, object]:
+    """The models (binned vote, end-to-end, cosine baseline) of a user's phases and their training set."""
     from xrd_nexus_ml.transitions.materials import Material, simulate_material_ramp
     from xrd_nexus_ml.transitions.ramp import Instrument, RampError
 
-    started = time.perf_counter()
     if len(phases) < 2:
         raise RampError("a transition model needs at least two --phase")
     n_b = len(phases) - 1
@@ -99,7 +95,20 @@ def train_transition_from_cifs(out: Path, phases: list, transitions: list[float]
                                       energy_kev=energy_kev, two_theta=tuple(two_theta),
                                       transition_pressures=shifted)
 
-    models = train_models(training_set, seed=seed, fast=fast, ramp_factory=calibration_ramp)
+    return train_models(training_set, seed=seed, fast=fast, ramp_factory=calibration_ramp), training_set
+
+
+def train_transition_from_cifs(out: Path, phases: list, transitions: list[float] | None = None,
+                               pressure_range: tuple[float, float] | None = None, energy_kev: float = 25.6,
+                               two_theta: tuple[float, float, int] = (10.0, 26.0, 4023), coexistence: float = 1.0,
+                               seed: int = 0, fast: bool = False) -> dict:
+    """The seed's models for a user's own phases (`materials.StructurePhase`, e.g. from
+    `phase_from_cif`, in pressure order): their ramp simulated with the package's simulator at the
+    user's beam energy and detector range, 4 + 40 training patterns, calibration ramps of the same
+    phases (transitions drawn around the expected ones), bundles written under `out`."""
+    started = time.perf_counter()
+    models, training_set = train_transition_models(phases, transitions, pressure_range, energy_kev, two_theta,
+                                                   coexistence, seed, fast)
     summary = _write(out, models, training_set, seed, fast, started)
     summary["phases_source"] = [getattr(p, "eos_source", "") for p in phases]
     summary["bulk_modulus_gpa"] = [{"k0": p.eos.k0, "k0_prime": p.eos.k0_prime,

@@ -363,7 +363,9 @@ class AssemblageDetector:
                                                                        self.frames[-1].vanished) < s.threshold))
             fraction = self._fraction(self.assemblages[-2], y, m, sigma, control)
             return self._record(index, control, k + 1, "changed", scores, max(fraction, 0.5))
-        fraction = min(1.0, 0.5 + 0.5 * max(score - s.threshold, jump - s.jump_widths, 0.0) / s.threshold)
+        # a candidate: at least even odds, more as the old assemblage's own lines are gone
+        lost = 0.0 if split >= s.threshold else self._fraction(current, y, m, sigma, control)
+        fraction = float(np.clip(max(lost, 0.5 + 0.5 * max(score - s.threshold, 0.0) / s.threshold), 0.5, 1.0))
         return self._record(index, control, k, "changed", scores, fraction, towards=k + 1)
 
     def _record(self, index, control, k, status, scores, fraction, towards: int | None = None) -> DetectorFrame:
@@ -610,7 +612,8 @@ class AssemblageDetector:
         if not keep.any():
             return 1.0
         # scale: total signal, so that a drop of the beam is not read as a transformation
-        ratio = (height[keep] / self._total(y, sigma)) / (ref[keep] / max(old.reference_total, 1e-12))
+        ref_total = old.reference_total if old.reference_height is not None else self._last_total
+        ratio = (height[keep] / self._total(y, sigma)) / (ref[keep] / max(ref_total, 1e-12))
         remaining = np.clip(ratio, 0.0, 1.0)
         w = ref[keep]
         return float(np.clip(1.0 - (w * remaining).sum() / w.sum(), 0.0, 1.0))
