@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, grey_opening, uniform_filter1d
@@ -50,7 +50,7 @@ from scipy.signal import find_peaks
 
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import Diffractogram, QGrid, two_theta_to_q
-from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint
+from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, FrameRecord, OnlineChangePoint
 from xrd_nexus_ml.transitions.frames import prepare_frames
 
 #: Distinct assemblages one scan can hold (so at most MAX_ASSEMBLAGES - 1 transitions).
@@ -256,11 +256,30 @@ class AssemblageDetector:
         assemblage seen."""
         if not self.frames:
             return []
-        return self._changepoint.estimates()[: max(1, len(self.assemblages) - 1)]
+        return [self._systematic(b) for b in self._changepoint.estimates()[: max(1, len(self.assemblages) - 1)]]
 
     def transitions(self) -> list[BoundaryEstimate]:
         """The confirmed transitions only (between assemblages actually seen)."""
-        return self._changepoint.estimates()[: len(self.assemblages) - 1] if len(self.assemblages) > 1 else []
+        n = len(self.assemblages) - 1
+        return [self._systematic(b) for b in self._changepoint.estimates()[:n]] if n > 0 else []
+
+    def _systematic(self, b: BoundaryEstimate) -> BoundaryEstimate:
+        """The estimate with the detector's systematic error added in quadrature: `systematic_steps`
+        times the gap between the frames that bracket it (a ramp's step; after a steered scan's
+        bisection, its last bracket), unless the change point was given its own."""
+        if "systematic_sigma" in self.changepoint_options or not math.isfinite(b.pressure):
+            return b
+        controls = np.unique(np.asarray([c for c in self._controls if math.isfinite(c)], dtype=float))
+        below, above = controls[controls <= b.pressure], controls[controls > b.pressure]
+        if below.size and above.size:
+            gap = float(above[0] - below[-1])
+        else:
+            gap = float(np.median(np.diff(controls))) if controls.size > 1 else 0.0
+        sys = self.settings.systematic_steps * gap
+        total = math.hypot(b.sigma, sys)
+        lo, hi = b.interval
+        interval = (b.pressure - math.hypot(b.pressure - lo, 1.96 * sys), b.pressure + math.hypot(hi - b.pressure, 1.96 * sys))
+        return replace(b, sigma=total, interval=interval)
 
     @property
     def n_assemblages(self) -> int:
@@ -751,24 +770,59 @@ class AssemblageDetector:
         """A new change point fed every frame's evidence (its systematic term from the frames so far)."""
         self._changepoint = self._new_changepoint(len(self.assemblages))
         if self._evidence:
-            self._changepoint.update_many(np.stack([p for _, p in self._evidence]), [c for c, _ in self._evidence])
+            self._changepoint.update_many(self._columns([p for _, p in self._evidence]),
+                                          [c for c, _ in self._evidence])
         self._fed = len(self._evidence)
 
+    def _columns(self, probabilities: list[np.ndarray]) -> np.ndarray:
+        """Evidence over the change point's phases: the assemblages seen and one more (later ones,
+        which no frame can hold yet, folded into it), so no boundary is computed before it can exist."""
+        p = np.stack(probabilities)
+        k = len(self._changepoint.phase_names)
+        if k < p.shape[1]:
+            p = np.concatenate([p[:, : k - 1], p[:, k - 1:].sum(1, keepdims=True)], axis=1)
+        return p
+
     def _new_changepoint(self, n_assemblages: int) -> OnlineChangePoint:
-        # the mean spacing of the frames along the control: a ramp's step, or for a steered scan
-        # (coarse steps, then bisection) the coarse resolution its frames give on average
-        controls = np.asarray(self._controls, dtype=float)
-        controls = np.unique(controls[np.isfinite(controls)])
-        step = float(np.ptp(controls) / (controls.size - 1)) if controls.size > 1 else 0.0
-        options = {"systematic_sigma": self.settings.systematic_steps * step, **self.changepoint_options}
-        return OnlineChangePoint(ASSEMBLAGE_NAMES, **options)
+        # the systematic term is added by `_systematic`, from the frames that bracket the estimate
+        options = dict(self.changepoint_options)
+        return OnlineChangePoint(ASSEMBLAGE_NAMES[: min(max(n_assemblages, 1) + 1, MAX_ASSEMBLAGES)], **options)
 
     def _feed(self):
         """The evidence the change point has not seen yet, in one batch."""
         batch = self._evidence[self._fed:]
         self._fed = len(self._evidence)
         if batch:
-            self._changepoint.update_many(np.stack([p for _, p in batch]), [c for c, _ in batch])
+            self._changepoint.update_many(self._columns([p for _, p in batch]), [c for c, _ in batch])
+
+
+class DetectorTracker:
+    """The detector behind `TransitionTracker`'s interface (`update(frame, pressure)`, `records`,
+    `estimates`), so `steering.steer` and the steering evaluation drive it unchanged."""
+
+    phase_names = ASSEMBLAGE_NAMES
+
+    def __init__(self, two_theta=None, wavelength: float | None = None, settings: DetectorSettings | None = None,
+                 **changepoint_options):
+        self.detector = AssemblageDetector(two_theta, wavelength, settings, changepoint_options)
+        self.records: list[FrameRecord] = []
+
+    def update(self, frame, pressure: float) -> FrameRecord:
+        result = self.detector.update(frame, pressure)
+        usable = result.flag is None
+        record = FrameRecord(index=len(self.records), pressure=float(pressure),
+                             probabilities=[float(v) for v in result.probabilities] if usable else None,
+                             phase=ASSEMBLAGE_NAMES[result.assemblage] if usable else None, flag=result.flag,
+                             note=None, boundaries=self.detector.estimates())
+        self.records.append(record)
+        return record
+
+    def run(self, frames, pressures) -> list[FrameRecord]:
+        return [self.update(f, p) for f, p in zip(frames, pressures)]
+
+    @property
+    def estimates(self) -> list[BoundaryEstimate]:
+        return self.detector.estimates()
 
 
 # -- a measured series, in legs ------------------------------------------------------------------
