@@ -40,11 +40,14 @@ Tuned (threshold, confirm, the systematic term) on the materials of
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+from scipy.fft import next_fast_len
 from scipy.ndimage import gaussian_filter1d, grey_opening, uniform_filter1d
 from scipy.signal import find_peaks
 
@@ -217,10 +220,14 @@ class AssemblageDetector:
         self._split_transition = False  # the current change is a distortion (split lines only)
         self._last_total = 1.0  # total signal of the last frame taken as the same assemblage
         self._stored: dict[int, tuple[np.ndarray, float]] = {}  # index -> (smoothed frame, noise)
-        self._evidence: list[tuple[float, np.ndarray]] = []  # (control, probabilities) of every frame
+        # every frame's control and probabilities, compact (a 10^6-frame scan keeps ~40 MB)
+        self._evidence_control = np.zeros(1024)
+        self._evidence_p = np.zeros((1024, MAX_ASSEMBLAGES), np.float32)
+        self._n_evidence = 0
         self._fed = 0  # evidence entries the change point has seen
-        self.frames: list[DetectorFrame] = []
-        self._controls: list[float] = []
+        self.frames: deque[DetectorFrame] = deque(maxlen=self.settings.max_stored)  # the recent ones
+        self.n_frames = 0
+        self._controls: list[float] = []  # the distinct finite control values, sorted
         self._top: float = -math.inf  # largest control of a forward frame so far
         self._changepoint = self._new_changepoint(1)
 
@@ -245,7 +252,7 @@ class AssemblageDetector:
             noise = float(self._noise[i]) if ys is not None else math.nan
             record = self._one(ys[i] if ys is not None else None, ms[i] if ms is not None else None, flags[i], control,
                                noise)
-            self._evidence.append((control, np.asarray(record.probabilities, dtype=float)))
+            self._add_evidence(control, record.probabilities)
             out.append(record)
         self._feed()
         return out
@@ -254,7 +261,7 @@ class AssemblageDetector:
         """The change point's estimates: the first boundary always (before any change its posterior
         lies beyond the frames, which is what a steering policy reads), then one per further
         assemblage seen."""
-        if not self.frames:
+        if not self.n_frames:
             return []
         return [self._systematic(b) for b in self._changepoint.estimates()[: max(1, len(self.assemblages) - 1)]]
 
@@ -269,12 +276,12 @@ class AssemblageDetector:
         bisection, its last bracket), unless the change point was given its own."""
         if "systematic_sigma" in self.changepoint_options or not math.isfinite(b.pressure):
             return b
-        controls = np.unique(np.asarray([c for c in self._controls if math.isfinite(c)], dtype=float))
-        below, above = controls[controls <= b.pressure], controls[controls > b.pressure]
-        if below.size and above.size:
-            gap = float(above[0] - below[-1])
+        controls = self._controls
+        j = bisect.bisect_right(controls, b.pressure)
+        if 0 < j < len(controls):
+            gap = controls[j] - controls[j - 1]
         else:
-            gap = float(np.median(np.diff(controls))) if controls.size > 1 else 0.0
+            gap = float(np.median(np.diff(controls))) if len(controls) > 1 else 0.0
         sys = self.settings.systematic_steps * gap
         total = math.hypot(b.sigma, sys)
         lo, hi = b.interval
@@ -341,8 +348,12 @@ class AssemblageDetector:
     # -- one frame -------------------------------------------------------------------------------
 
     def _one(self, y, m, flag, control: float, noise: float) -> DetectorFrame:
-        index = len(self.frames)
-        self._controls.append(control)
+        index = self.n_frames
+        self.n_frames += 1
+        if math.isfinite(control):
+            j = bisect.bisect_left(self._controls, control)
+            if j == len(self._controls) or self._controls[j] != control:
+                self._controls.insert(j, control)
         if flag is not None or y is None or not math.isfinite(control):
             record = DetectorFrame(index, control, -1, "flagged", *([math.nan] * 6),
                                    probabilities=(math.nan,) * MAX_ASSEMBLAGES,
@@ -419,7 +430,7 @@ class AssemblageDetector:
         if reflections.position.size:  # widths measured as every later frame's will be
             _, _, width, _ = self._locate(reflections, 0.0, y, sigma)
             reflections.width = np.maximum(width, 1.0)
-        anchor_fft = np.fft.rfft(y, 2 * y.size)
+        anchor_fft = np.fft.rfft(y, next_fast_len(2 * y.size, real=True))  # a length pocketfft does fast
         a = _Assemblage(anchor=y, anchor_fft=anchor_fft, reflections=reflections, first=reflections.copy(),
                         trend=[(control, 0.0)], lo=control, hi=control, anchor_sigma=sigma)
         if previous is not None:
@@ -436,7 +447,8 @@ class AssemblageDetector:
     def _shift(self, a: _Assemblage, y: np.ndarray, control: float) -> float:
         """The log-q shift (points) of frame y against the assemblage's anchor, near its trend."""
         n = y.size
-        corr = np.fft.irfft(np.fft.rfft(y, 2 * n) * np.conj(a.anchor_fft), 2 * n)  # corr[l] = Σ y[i+l] anchor[i]
+        size = next_fast_len(2 * n, real=True)
+        corr = np.fft.irfft(np.fft.rfft(y, size) * np.conj(a.anchor_fft), size)  # corr[l] = Σ y[i+l] anchor[i]
         predicted = self._predicted_shift(a, control)
         limit = int(self.settings.max_shift / self._axis.du)
         reach = max(3.0 * self._fwhm, 0.5 * abs(predicted - a.trend[-1][1]) + 2.0 * self._fwhm)
@@ -447,7 +459,7 @@ class AssemblageDetector:
         if hi < lo:
             lo, hi = -limit, limit
         lags = np.arange(lo, hi + 1)
-        values = corr[lags % (2 * n)]
+        values = corr[lags % size]
         j = int(np.argmax(values))
         if 0 < j < len(values) - 1:  # parabolic refinement
             den = values[j - 1] - 2 * values[j] + values[j + 1]
@@ -668,7 +680,7 @@ class AssemblageDetector:
         # the new assemblage is fixed when the old one's own reflections are gone, or when the
         # mixture has stopped changing for a while (a sample that stays two-phase)
         span = 3 * s.confirm + 1
-        history = [f.fraction for f in self.frames[-span:] if f.status == "changed"]
+        history = [f.fraction for f in list(self.frames)[-span:] if f.status == "changed"]
         steady = len(history) >= span and float(np.ptp([*history, fraction])) < 0.1
         if self._quiet >= s.confirm and (fraction >= 0.9 or steady or self._quiet > 3 * s.confirm):
             self._coexisting = False
@@ -762,22 +774,31 @@ class AssemblageDetector:
                 p = np.zeros(MAX_ASSEMBLAGES)
                 p[k - 1], p[k] = 1.0 - frac, frac
                 refit[f.index] = p
-        self._evidence = [(c, refit.get(i, p)) for i, (c, p) in enumerate(self._evidence)]
+        for i, p in refit.items():
+            self._evidence_p[i] = p
         self._stored.clear()
         self._restart_changepoint()
 
     def _restart_changepoint(self):
         """A new change point fed every frame's evidence (its systematic term from the frames so far)."""
         self._changepoint = self._new_changepoint(len(self.assemblages))
-        if self._evidence:
-            self._changepoint.update_many(self._columns([p for _, p in self._evidence]),
-                                          [c for c, _ in self._evidence])
-        self._fed = len(self._evidence)
+        n = self._n_evidence
+        if n:
+            self._changepoint.update_many(self._columns(self._evidence_p[:n]), self._evidence_control[:n])
+        self._fed = n
 
-    def _columns(self, probabilities: list[np.ndarray]) -> np.ndarray:
+    def _add_evidence(self, control: float, probabilities) -> None:
+        if self._n_evidence == len(self._evidence_control):  # grow by doubling
+            self._evidence_control = np.concatenate([self._evidence_control, np.zeros_like(self._evidence_control)])
+            self._evidence_p = np.concatenate([self._evidence_p, np.zeros_like(self._evidence_p)])
+        self._evidence_control[self._n_evidence] = control
+        self._evidence_p[self._n_evidence] = probabilities
+        self._n_evidence += 1
+
+    def _columns(self, probabilities: np.ndarray) -> np.ndarray:
         """Evidence over the change point's phases: the assemblages seen and one more (later ones,
         which no frame can hold yet, folded into it), so no boundary is computed before it can exist."""
-        p = np.stack(probabilities)
+        p = np.asarray(probabilities, dtype=float)
         k = len(self._changepoint.phase_names)
         if k < p.shape[1]:
             p = np.concatenate([p[:, : k - 1], p[:, k - 1:].sum(1, keepdims=True)], axis=1)
@@ -790,10 +811,10 @@ class AssemblageDetector:
 
     def _feed(self):
         """The evidence the change point has not seen yet, in one batch."""
-        batch = self._evidence[self._fed:]
-        self._fed = len(self._evidence)
-        if batch:
-            self._changepoint.update_many(self._columns([p for _, p in batch]), [c for c, _ in batch])
+        start, self._fed = self._fed, self._n_evidence
+        if self._n_evidence > start:
+            self._changepoint.update_many(self._columns(self._evidence_p[start: self._n_evidence]),
+                                          self._evidence_control[start: self._n_evidence])
 
 
 class DetectorTracker:
