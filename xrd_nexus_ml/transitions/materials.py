@@ -53,7 +53,7 @@ from xrd_nexus_ml.transitions.ramp import (
     Phase,
     Ramp,
     RampError,
-    noise_pipeline,
+    measured_frames,
     phase_fractions,
 )
 
@@ -857,17 +857,9 @@ def simulate_material_ramp(
         patterns = _patterns(structures, instrument, p[present], augment, generator, device)
         total[present] += fractions[present, k, None] * patterns / volumes[:, None] ** 2
 
-    from xrd_nexus_ml.physics.simulator import SimulatedBatch
-
-    sim = PowderSimulator(wavelength=instrument.wavelength, grid=instrument.grid, device=device)
-    generator = torch.Generator().manual_seed(int(seed))
-    intensity = torch.as_tensor(total / np.maximum(total.max(axis=1, keepdims=True), 1e-300), dtype=torch.float64)
-    state = SimulatedBatch(crystals=None, settings=sim.settings, intensity=intensity,
-                           mask=torch.ones_like(intensity, dtype=torch.bool))
-    state = noise_pipeline(noise, background).apply("pattern", state, generator)
     return Ramp(
         two_theta=instrument.grid.values.numpy(),
-        intensity=state.intensity.float().cpu().numpy(),
+        intensity=measured_frames(total, instrument, noise, background, seed, device),
         pressures=p,
         fractions=fractions,
         phase_names=mat.phase_names,

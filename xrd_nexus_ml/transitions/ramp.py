@@ -410,18 +410,9 @@ def simulate_ramp(
         patterns = simulate_patterns(structures, instrument, p[present], device=device)
         total[present] += fractions[present, k, None] * patterns / volumes[:, None] ** 2
 
-    # background and noise through the project's augmentation transforms, seeded
-    from xrd_nexus_ml.physics.simulator import SimulatedBatch
-
-    sim = PowderSimulator(wavelength=instrument.wavelength, grid=instrument.grid, device=device)
-    generator = torch.Generator().manual_seed(int(seed))
-    intensity = torch.as_tensor(total / np.maximum(total.max(axis=1, keepdims=True), 1e-300), dtype=torch.float64)
-    state = SimulatedBatch(crystals=None, settings=sim.settings, intensity=intensity,
-                           mask=torch.ones_like(intensity, dtype=torch.bool))
-    state = noise_pipeline(noise, background).apply("pattern", state, generator)
     return Ramp(
         two_theta=instrument.grid.values.numpy(),
-        intensity=state.intensity.float().cpu().numpy(),
+        intensity=measured_frames(total, instrument, noise, background, seed, device),
         pressures=p,
         fractions=fractions,
         phase_names=tuple(ph.name for ph in phase_objs),
@@ -431,6 +422,22 @@ def simulate_ramp(
         metadata={"noise": noise, "background": background, "seed": int(seed), "energy_kev": instrument.energy_kev,
                   "eos": {"v0": eos.v0, "k0": eos.k0, "k0_prime": eos.k0_prime}},
     )
+
+
+def measured_frames(total: np.ndarray, instrument: Instrument, noise: float, background: float, seed: int,
+                    device: str | None = "cpu") -> np.ndarray:
+    """Clean summed patterns (n, points) as a detector records them: normalised, the cell's
+    background and counting noise added through the project's augmentation transforms (seeded),
+    normalised again; float32."""
+    from xrd_nexus_ml.physics.simulator import SimulatedBatch
+
+    sim = PowderSimulator(wavelength=instrument.wavelength, grid=instrument.grid, device=device)
+    generator = torch.Generator().manual_seed(int(seed))
+    intensity = torch.as_tensor(total / np.maximum(total.max(axis=1, keepdims=True), 1e-300), dtype=torch.float64)
+    state = SimulatedBatch(crystals=None, settings=sim.settings, intensity=intensity,
+                           mask=torch.ones_like(intensity, dtype=torch.bool))
+    state = noise_pipeline(noise, background).apply("pattern", state, generator)
+    return state.intensity.float().cpu().numpy()
 
 
 def seed_pressures(n_frames: int = 349, start: float = 5.0, stop: float = 55.0) -> np.ndarray:
