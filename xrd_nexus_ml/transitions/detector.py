@@ -60,6 +60,8 @@ from xrd_nexus_ml.transitions.frames import prepare_frames
 MAX_ASSEMBLAGES = 4
 ASSEMBLAGE_NAMES = tuple(f"assemblage {k + 1}" for k in range(MAX_ASSEMBLAGES))
 KIND = "assemblage_tracking"
+#: Share of a coexistence's observed extent taken as the systematic error of its 50 % point.
+MIXTURE_FRACTION = 0.25
 #: Accepted frames back that a reflection's width is compared with (the split criterion).
 WIDTH_LAG = 6
 
@@ -225,6 +227,7 @@ class AssemblageDetector:
         self._evidence_p = np.zeros((1024, MAX_ASSEMBLAGES), np.float32)
         self._n_evidence = 0
         self._fed = 0  # evidence entries the change point has seen
+        self._mixed: dict[int, tuple[float, float]] = {}  # boundary -> control span of mixed frames
         self.frames: deque[DetectorFrame] = deque(maxlen=self.settings.max_stored)  # the recent ones
         self.n_frames = 0
         self._controls: list[float] = []  # the distinct finite control values, sorted
@@ -282,7 +285,11 @@ class AssemblageDetector:
             gap = controls[j] - controls[j - 1]
         else:
             gap = float(np.median(np.diff(controls))) if len(controls) > 1 else 0.0
-        sys = self.settings.systematic_steps * gap
+        # a coexistence seen over a span of the control: its 50 % point is known to a quarter of it
+        # at best (the two phases' scattering powers differ: the mixture's intensity fraction is not
+        # its volume fraction), however finely the frames bracket it
+        lo, hi = self._mixed.get(b.boundary, (0.0, 0.0))
+        sys = max(self.settings.systematic_steps * gap, MIXTURE_FRACTION * (hi - lo))
         total = math.hypot(b.sigma, sys)
         lo, hi = b.interval
         interval = (b.pressure - math.hypot(b.pressure - lo, 1.96 * sys), b.pressure + math.hypot(hi - b.pressure, 1.96 * sys))
@@ -776,6 +783,9 @@ class AssemblageDetector:
                 refit[f.index] = p
         for i, p in refit.items():
             self._evidence_p[i] = p
+        self._mixed = {}
+        for i in range(self._n_evidence):  # the mixtures as re-scored (once per transition)
+            self._note_mixed(float(self._evidence_control[i]), self._evidence_p[i].astype(float))
         self._stored.clear()
         self._restart_changepoint()
 
@@ -794,6 +804,17 @@ class AssemblageDetector:
         self._evidence_control[self._n_evidence] = control
         self._evidence_p[self._n_evidence] = probabilities
         self._n_evidence += 1
+        self._note_mixed(control, np.asarray(probabilities, dtype=float))
+
+    def _note_mixed(self, control: float, p: np.ndarray) -> None:
+        """Where frames read as a mixture (P(above a boundary) between 0.15 and 0.85): the extent of a
+        coexistence, which bounds how well its 50 % point is known."""
+        if not (math.isfinite(control) and np.all(np.isfinite(p))):
+            return
+        above = np.cumsum(p[::-1])[::-1][1:]  # P(phase > k) for each boundary k
+        for k in np.flatnonzero((above > 0.15) & (above < 0.85)):
+            lo, hi = self._mixed.get(int(k), (control, control))
+            self._mixed[int(k)] = (min(lo, control), max(hi, control))
 
     def _columns(self, probabilities: np.ndarray) -> np.ndarray:
         """Evidence over the change point's phases: the assemblages seen and one more (later ones,
