@@ -3,18 +3,32 @@
 A GPU node runs one `ClassifierCallback` behind bluesky's 0MQ `RemoteDispatcher`, listening to
 the output port of a `bluesky-0MQ-proxy` that several beamline RunEngines publish to. The
 derived runs go back into the proxy's input port (`--publish`), so every listener sees raw and
-derived runs side by side, and/or into a local store and NeXus files. The documents travel with
-bluesky's default serializer (pickle): run it only between hosts that trust each other.
+derived runs side by side, and/or into a local store and NeXus files.
+
+The documents travel as msgpack (`bluesky_callbacks.wire`), not bluesky's default pickle, which
+would let any host that can publish to the proxy run code here: RunEngines publish with
+``Publisher(address, serializer=bluesky_callbacks.wire.serialize)``. A message that is not a
+bluesky document is logged, counted (`GuardedRemoteDispatcher.dropped`) and dropped; the server
+keeps running. `--unsafe-pickle` restores pickle on both ends, for hosts that trust each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from bluesky.callbacks.zmq import RemoteDispatcher
+from bluesky.run_engine import DocumentNames
+
 log = logging.getLogger(__name__)
+
+#: a flood of bad messages logs one warning per this many seconds; every one is counted
+DROP_LOG_INTERVAL_S = 5.0
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -25,15 +39,99 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def codec(unsafe_pickle: bool = False) -> tuple[Callable, Callable]:
+    """(serializer, deserializer) for both 0MQ ends: msgpack (`bluesky_callbacks.wire`), or with
+    unsafe_pickle bluesky's pickle default, which lets any publisher run code on this host."""
+    if unsafe_pickle:
+        log.warning("--unsafe-pickle: documents travel as pickle; any host that can publish to the proxy "
+                    "can run code on this one")
+        return pickle.dumps, pickle.loads
+    from bluesky_callbacks.wire import deserialize, serialize
+
+    return serialize, deserialize
+
+
+class GuardedRemoteDispatcher(RemoteDispatcher):
+    """bluesky's `RemoteDispatcher`, hardened for a shared network.
+
+    bluesky's `_poll` survives a message its deserializer rejects (it prints it, up to 1 KiB, and
+    goes on) but not an unknown document name (a `KeyError` that ends its loop, and `serve` with
+    it), and under a sustained flood it never yields to the loop, so the documents it schedules
+    pile up. Here every message goes through `handle`: whatever is not a bluesky document
+    (unsplittable, unknown name, rejected by the deserializer, not a dict) is logged (rate-limited)
+    and counted in `dropped`; a document whose callbacks raise is logged and counted in `failed`;
+    and the loop runs each document's callbacks before reading the next message, so nothing
+    accumulates per message beyond 0MQ's own bounded receive queue."""
+
+    def __init__(self, address, *, deserializer: Callable, prefix: bytes = b"", loop=None):
+        super().__init__(address, prefix=prefix, loop=loop, deserializer=deserializer)
+        self.dropped = 0  # messages that were not bluesky documents
+        self.failed = 0  # documents whose callbacks raised
+        self._last_warning = {"dropped": -float("inf"), "failed": -float("inf")}
+
+    async def _poll(self):  # overrides bluesky's (same socket, prefix and deserializer)
+        while True:
+            self.handle(await self._socket.recv())
+            await asyncio.sleep(0)  # let the scheduled document's callbacks run before the next recv
+
+    def handle(self, message: bytes) -> bool:
+        """One raw 0MQ message ("PREFIX NAME BODY"): schedule its document, or drop it. True if scheduled."""
+        parts = message.split(b" ", 2)
+        if len(parts) != 3:
+            return self._drop("not 'PREFIX NAME BODY'")
+        prefix, name, body = parts
+        if self._prefix and prefix != self._prefix:
+            return False  # someone else's: not ours to count
+        try:
+            kind = DocumentNames[name.decode()]
+        except (UnicodeDecodeError, KeyError):
+            return self._drop(f"unknown document name {name[:40]!r}")
+        try:
+            doc = self._deserializer(body)
+        except Exception as e:
+            return self._drop(f"{kind.name} document of {len(body)} bytes rejected: {type(e).__name__}: {e}")
+        if not isinstance(doc, dict):
+            return self._drop(f"{kind.name} document decoded to a {type(doc).__name__}, not a dict")
+        self.loop.call_soon(self._dispatch, kind, doc)
+        return True
+
+    def _dispatch(self, kind, doc: dict):
+        try:
+            self.process(kind, doc)
+        except Exception:
+            self.failed += 1
+            if self._due("failed"):
+                log.warning("a callback failed on a %s document (uid %.40r); continuing (%d failed so far; the "
+                            "next %g s of failures are only counted)", kind.name, str(doc.get("uid")), self.failed,
+                            DROP_LOG_INTERVAL_S, exc_info=True)
+
+    def _drop(self, why: str) -> bool:
+        self.dropped += 1
+        if self._due("dropped"):
+            log.warning("dropped a message from %s: %.300s (%d dropped so far; the next %g s of drops are only "
+                        "counted)", self.address, why, self.dropped, DROP_LOG_INTERVAL_S)
+        return False
+
+    def _due(self, what: str) -> bool:
+        """Rate-limits the warnings: a flood of bad messages must not become a flood of log lines."""
+        now = time.monotonic()
+        if now - self._last_warning[what] < DROP_LOG_INTERVAL_S:
+            return False
+        self._last_warning[what] = now
+        return True
+
+
 def serve(listen: str, publish: str | None = None, store: str | Path | None = None, nexus_dir: str | Path | None = None,
           device: str = "auto", batch_size: int = 64, max_queue: int = 4096, ready=None,
           spacegroup_model: str | None = "default", identification_model: str | None = "default",
-          identification_options: dict | None = None, transition_model: str = "default") -> None:
+          identification_options: dict | None = None, transition_model: str = "default",
+          unsafe_pickle: bool = False) -> None:
     """Classify every run arriving at `listen` until interrupted (SIGINT/SIGTERM).
     spacegroup_model / identification_model / identification_options: as
     `InferenceEngine.from_bundles` (None: not run); transition_model: a bundle folder, "default",
-    "auto" (the training-free detector) or "none"."""
-    from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+    "auto" (the training-free detector) or "none". Documents travel as msgpack on both ends;
+    unsafe_pickle: as pickle (bluesky's default), which lets any publisher run code on this host."""
+    from bluesky.callbacks.zmq import Publisher
 
     from bluesky_callbacks.classifier import ClassifierCallback
     from xrd_nexus_ml.inference import InferenceEngine
@@ -42,11 +140,12 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
                                           identification_model=identification_model,
                                           identification_options=identification_options)
     classifier = ClassifierCallback(engine, batch_size=batch_size, max_queue=max_queue)
-    dispatcher = RemoteDispatcher(parse_address(listen))
+    serializer, deserializer = codec(unsafe_pickle)
+    dispatcher = GuardedRemoteDispatcher(parse_address(listen), deserializer=deserializer)
     closers = []
     if publish:
         # used only from the classifier's worker thread (0MQ sockets are not thread-safe)
-        publisher = Publisher(parse_address(publish), prefix=b"xrd_nexus_ml")
+        publisher = Publisher(parse_address(publish), prefix=b"xrd_nexus_ml", serializer=serializer)
         classifier.subscribe(publisher)
         closers.append(publisher.close)  # after the classifier (reversed order): it publishes to the end
     if store is not None:
@@ -80,6 +179,9 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
     finally:
         for close in reversed(closers):
             close()
+        (log.warning if dispatcher.dropped or dispatcher.failed else log.info)(
+            "stopped: %d message(s) dropped (not bluesky documents), %d document(s) failed in a callback",
+            dispatcher.dropped, dispatcher.failed)
 
 
 def cmd_serve(args) -> int:
@@ -90,5 +192,6 @@ def cmd_serve(args) -> int:
     serve(args.zmq, publish=args.publish, store=args.store, nexus_dir=args.nexus_dir, device=args.device,
           batch_size=args.batch_size, max_queue=args.max_queue, spacegroup_model=args.spacegroup_model,
           identification_model=args.identification_model, identification_options=identification_options(args),
-          transition_model=args.transition_model, ready=lambda: print(f"serving {args.zmq}", flush=True))
+          transition_model=args.transition_model, unsafe_pickle=args.unsafe_pickle,
+          ready=lambda: print(f"serving {args.zmq}", flush=True))
     return 0

@@ -19,6 +19,7 @@ from bluesky.callbacks.zmq import Proxy, Publisher, RemoteDispatcher
 from ophyd.sim import SynAxis
 
 from bluesky_callbacks.serve import parse_address
+from bluesky_callbacks.wire import deserialize, serialize
 from tests.test_classifier_callback import TRANSITION, make_detector
 from xrd_nexus_ml.transitions import simulate_ramp
 
@@ -44,7 +45,7 @@ def test_serve_classifies_runs_published_through_a_proxy():
     received: list[tuple[str, dict]] = []
     done = threading.Event()
     loop = asyncio.new_event_loop()
-    listener = RemoteDispatcher(("localhost", out_port), loop=loop)
+    listener = RemoteDispatcher(("localhost", out_port), loop=loop, deserializer=deserialize)
 
     def collect(name, doc):
         received.append((name, doc))
@@ -58,7 +59,7 @@ def test_serve_classifies_runs_published_through_a_proxy():
     server = subprocess.Popen([sys.executable, "-m", "xrd_nexus_ml.cli", "serve", "--zmq", f"localhost:{out_port}",
                                "--publish", f"localhost:{in_port}", "--batch-size", "8"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    publisher = Publisher(("localhost", in_port))
+    publisher = Publisher(("localhost", in_port), serializer=serialize)  # serve speaks msgpack, not pickle
     try:
         assert server.stdout.readline().startswith("serving"), "the server did not start"
         time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously (slow joiner)

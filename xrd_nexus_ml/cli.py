@@ -383,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-queue", type=int, default=4096, help="frames waiting before new ones are shed")
+    p.add_argument("--unsafe-pickle", action="store_true",
+                   help="documents travel as pickle (bluesky's default) instead of msgpack: lets any host that can "
+                        "publish to the proxy run code on this host; only between hosts that trust each other")
     _add_live_model_arguments(p)
     p.set_defaults(func=cmd_serve)
 
