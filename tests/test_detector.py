@@ -69,10 +69,12 @@ def test_bad_frames_are_flagged_and_a_lone_odd_frame_is_not_a_transition():
 
 
 def test_frames_inside_the_scanned_range_only_add_evidence():
-    ramp = _ramp(30.0, phases=("B1", "B8"), pressures=np.array([5.0, 10, 15, 20, 25, 35, 40, 45, 32.5, 27.5]))
+    ramp = _ramp(30.0, phases=("B1", "B8"), pressures=np.array([5.0, 10, 15, 20, 25, 35, 40, 45, 50, 55, 32.5, 27.5,
+                                                                 52.5]))
     detector, records = _run(ramp)
     assert detector.n_assemblages == 2
-    inside = {round(r.control, 1): r for r in records[-2:]}
+    inside = {round(r.control, 1): r for r in records[-3:]}
+    assert inside[52.5].assemblage == 1 and inside[52.5].status == "same"  # back inside the second one
     assert inside[32.5].probabilities[1] > 0.5 > inside[27.5].probabilities[1]
     estimate = detector.transitions()[0]
     assert 27.5 <= estimate.map_pressure <= 35.0  # the bracket the frames inside it narrowed

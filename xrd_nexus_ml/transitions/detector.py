@@ -705,8 +705,7 @@ class AssemblageDetector:
 
     def _side(self, index, y, m, sigma, control) -> DetectorFrame:
         """A frame inside the scanned range (out of control order): evidence only, no tracking."""
-        below = [a for a in self.assemblages if a.lo <= control]
-        k = self.assemblages.index(below[-1]) if below else 0
+        k = max((i for i, a in enumerate(self.assemblages) if a.lo <= control), default=0)
         a = self.assemblages[k]
         scores, found = self._score_side(a, y, m, sigma, control)
         score = max(scores[:3])
