@@ -336,12 +336,17 @@ class AssemblageDetector:
         size = int(6 * self._fwhm) | 1
         background = uniform_filter1d(grey_opening(ys, size=(1, size)), size, axis=1, mode="nearest")
         y = ys - background
-        noise = np.empty(len(y))
-        for i in range(len(y)):
-            values = y[i][m[i]] if m[i].any() else y[i]
-            centre = float(np.median(values))
-            y[i] -= centre
-            noise[i] = 1.4826 * float(np.median(np.abs(values - centre)))
+        if m.all():  # one detector, every point measured: all rows at once
+            centre = np.median(y, axis=1, keepdims=True)
+            y -= centre
+            noise = 1.4826 * np.median(np.abs(y), axis=1)
+        else:
+            noise = np.empty(len(y))
+            for i in range(len(y)):
+                values = y[i][m[i]] if m[i].any() else y[i]
+                centre = float(np.median(values))
+                y[i] -= centre
+                noise[i] = 1.4826 * float(np.median(np.abs(values - centre)))
         y = np.where(m, np.clip(y, 0.0, None), 0.0)
         top = np.maximum(y.max(axis=1), 1e-12)
         y /= top[:, None]
@@ -478,12 +483,15 @@ class AssemblageDetector:
     def _predicted_shift(a: _Assemblage, control: float) -> float:
         if len(a.trend) < 2:
             return a.trend[-1][1]
-        c = np.array([t[0] for t in a.trend[-8:]])
-        s = np.array([t[1] for t in a.trend[-8:]])
-        if np.ptp(c) == 0:
+        recent = a.trend[-8:]
+        c = [t[0] for t in recent]
+        s = [t[1] for t in recent]
+        c_mean, s_mean = sum(c) / len(c), sum(s) / len(s)
+        var = sum((x - c_mean) ** 2 for x in c)
+        if var == 0:
             return float(s[-1])
-        slope = np.polyfit(c, s, 1)[0]
-        nearest = int(np.argmin(np.abs(c - control)))
+        slope = sum((x - c_mean) * (y - s_mean) for x, y in zip(c, s)) / var  # least squares, closed form
+        nearest = min(range(len(c)), key=lambda i: abs(c[i] - control))
         return float(s[nearest] + slope * (control - c[nearest]))
 
     def _locate(self, refl: _Reflections, shift: float, y: np.ndarray, sigma: float):
