@@ -105,3 +105,25 @@ def test_settings_are_checked():
         detector.update_many([np.ones(10)], [1.0, 2.0])
     # bare arrays without an axis cannot be placed on q: flagged, not raised
     assert detector.update_many([np.ones(10)], [1.0])[0].status == "flagged"
+
+
+def test_the_engine_runs_the_detector_or_no_transition_model():
+    from xrd_nexus_ml.inference.engine import Frame, InferenceEngine
+
+    ramp = _ramp(30.0, phases=("B1", "B8"), pressures=np.linspace(5.0, 55.0, 41))
+    for choice, names in (("auto", ("assemblage 1", "assemblage 2")), ("none", ("not classified",))):
+        engine = InferenceEngine.from_bundles(choice, spacegroup_model=None, identification_model=None)
+        run = engine.new_run()
+        records = []
+        for start in range(0, 41, 10):
+            records += run.classify([Frame(i, ramp.intensity[i], ramp.two_theta, ramp.wavelength,
+                                           pressure=float(ramp.pressures[i])) for i in range(start, min(start + 10, 41))])
+        assert len(records) == 41 and all(r.flag == "" for r in records)
+        if choice == "auto":
+            assert engine.phase_names[:2] == names
+            assert records[0].phase == "assemblage 1" and records[-1].phase == "assemblage 2"
+            assert abs(records[-1].transition_pressure - 30.0) < 2.5 and records[-1].transition_pressure_uncertainty > 0
+            assert "assemblage_tracking" in engine.model_ids
+        else:
+            assert engine.phase_names == names and engine.model_ids == ""
+            assert all(r.phase == "" and np.isnan(r.transition_pressure) for r in records)
