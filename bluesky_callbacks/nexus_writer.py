@@ -17,9 +17,16 @@ Frames whose data key is external (``external: "FILESTORE:"``, Resource spec ``A
 linked, not copied: an HDF5 external link to the detector's dataset, or a virtual dataset when
 the frames are not its rows 0, 1, 2, ... in order.
 
-Errors are never swallowed: every failure is logged, kept in `errors`, and raised (as a
-`NexusWriteError` that names the file and the document key). Whether a raised callback error
-stops the scan is the RunEngine's choice (bluesky's ``RunEngine(..., ignore_callback_exceptions=...)``).
+Metadata a user typed never stops a scan: the start document is made storable first (NUL and
+control characters removed, lone surrogates and invalid UTF-8 replaced, strings cut to 64 KiB;
+`nexus_definitions.sanitise`), and what was changed is logged as a warning and recorded in the
+file (NXnote ``/entry/metadata_sanitised``).
+
+Errors are never swallowed, and never stop the scan: every failure is logged, kept in `errors`
+(as a `NexusWriteError` that names the file and the document key) and the document's run goes
+on; a run whose file could not be created is reported once and otherwise ignored. Check
+`errors` after the scan. With ``raise_errors=True`` the error is also raised to the caller
+(the RunEngine then aborts the scan; for offline conversion, where failing fast is wanted).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 from event_model import DocumentRouter
 
 from nexus_definitions import layout as L
+from nexus_definitions.sanitise import sanitise_metadata
 from nexus_definitions.writer import (
     ExternalFrames,
     NexusFileExistsError,
@@ -133,6 +141,9 @@ class NexusWriter(DocumentRouter):
     ``uid8`` (first 8 characters of the uid), ``sample`` (its name), ``date`` and ``time`` of the
     start; each value is sanitised (`safe_file_name`), so metadata cannot climb out of
     `out_dir` or name a hidden file. An existing file is an error unless `overwrite`.
+
+    A failure while handling a document is logged and appended to `errors`; it is raised as
+    well only with `raise_errors` (a RunEngine aborts the scan on a raising callback).
     """
 
     def __init__(self, out_dir, *, file_name_template: str = "{scan_id}_{sample}_{uid8}.nxs",
@@ -141,7 +152,7 @@ class NexusWriter(DocumentRouter):
                  temperature_key: str | None = None, monitor_key: str | None = None,
                  stream_name: str | None = "primary", intensity_units: str | None = "counts",
                  license: str | None = None, instrument: str | None = None, facility: str | None = None,
-                 source_type: str | None = None, swmr: bool = True):
+                 source_type: str | None = None, swmr: bool = True, raise_errors: bool = False):
         super().__init__()
         self.out_dir = Path(out_dir)
         self.file_name_template = file_name_template
@@ -154,6 +165,7 @@ class NexusWriter(DocumentRouter):
         self.defaults = {"license": license, "instrument": instrument, "facility": facility,
                          "source_type": source_type}
         self.swmr = swmr
+        self.raise_errors = raise_errors
         self.errors: list[Exception] = []
         self.paths: dict[str, Path] = {}  # raw run uid -> file written
         self._raw: dict[str, _Raw] = {}
@@ -165,20 +177,25 @@ class NexusWriter(DocumentRouter):
 
     # ---- dispatch with locking and error reporting ----
     def __call__(self, name: str, doc: dict, validate: bool = False):
+        """Handle one document; a failure is logged and kept in `errors`, raised only with `raise_errors`."""
         with self._lock:
             try:
                 return super().__call__(name, doc, validate)
             except Exception as exc:
                 if not isinstance(exc, NexusWriteError):
-                    exc = NexusWriteError(f"NexusWriter: {name} document {doc.get('uid', '')}: "
+                    uid = doc.get("uid", "") if isinstance(doc, dict) else ""
+                    exc = NexusWriteError(f"NexusWriter: {name} document {uid}: "
                                           f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
                 self.errors.append(exc)
                 log.error("%s", exc, exc_info=exc)
-                raise exc
+                if self.raise_errors:
+                    raise exc
+                return None
 
     # ---- file names ----
     def file_path(self, start: dict) -> Path:
         """Where the run of this start document is written (sanitised, inside out_dir)."""
+        start, _ = sanitise_metadata(start)  # the values the file holds: "Fe\x00O" is FeO, not Fe_O
         fields = _Fields()
         for key, value in start.items():
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):

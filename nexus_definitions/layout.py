@@ -43,6 +43,9 @@ DATA = "data"
 USER = "user"
 LICENSE = "license"
 BLUESKY = "bluesky"
+#: NXnote recording how run metadata was changed to be storable (`nexus_definitions.sanitise`);
+#: only in files whose metadata needed it.
+METADATA_SANITISED = "metadata_sanitised"
 PREDICTIONS = "predictions"  # first prediction process; later ones are predictions_2, predictions_3, ...
 
 GROUP_CLASSES: dict[str, str] = {
@@ -58,6 +61,7 @@ GROUP_CLASSES: dict[str, str] = {
     DATA: "NXdata",
     LICENSE: "NXnote",
     BLUESKY: "NXcollection",
+    METADATA_SANITISED: "NXnote",
 }
 
 # -- per-frame fields (each has nP rows) ----------------------------------------------------
@@ -129,6 +133,8 @@ NO_PREDICTION = "no_prediction"
 STRING_LENGTHS = {"raw_uid": 64, "flag": 32, "error": 1024, "phase": 256, "crystal_system": 16, "material": 256,
                   "model_ids": 1024, "model_field": 1024}
 STOP_LENGTH = 16384
+#: At most this many changes of `METADATA_SANITISED` are listed in the file (the count is always given).
+SANITISED_LISTED = 1000
 EXIT_STATUS_LENGTH = 32
 FILE_NAME_LENGTH = 1024
 

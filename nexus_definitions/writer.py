@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nexus_definitions import layout as L
+from nexus_definitions.sanitise import Change, sanitise_metadata
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM
 
@@ -114,9 +115,19 @@ def _users(value) -> tuple[dict, ...]:
     return tuple(users)
 
 
+_TEXT_FIELDS = ("uid", "title", "sample_name", "chemical_formula", "sample_description", "proposal_id", "instrument",
+                "facility", "source_name", "source_type", "license", "plan_name")
+
+
 @dataclass
 class RunMetadata:
-    """What the file says about the run as a whole (from the Bluesky start document)."""
+    """What the file says about the run as a whole (from the Bluesky start document).
+
+    Every text is made storable on construction (`nexus_definitions.sanitise`: no NUL or other
+    control characters, no lone surrogates, at most 64 KiB); `sanitised` lists what was changed
+    (key paths of the start document for `from_start`, field names otherwise), and the file
+    records it in the NXnote ``metadata_sanitised``.
+    """
 
     uid: str
     start_time: float  # seconds since the epoch
@@ -136,11 +147,29 @@ class RunMetadata:
     scan_id: int | None = None
     plan_name: str | None = None
     start_document: dict = field(default_factory=dict)
+    sanitised: tuple[Change, ...] = ()
+
+    def __post_init__(self):
+        fields = {name: getattr(self, name) for name in _TEXT_FIELDS}
+        fields["users"] = [dict(u) for u in self.users]
+        clean, changes = sanitise_metadata(fields)
+        document, document_changes = sanitise_metadata(dict(self.start_document))
+        for name in _TEXT_FIELDS:
+            setattr(self, name, clean[name])
+        self.users = tuple(clean["users"])
+        self.start_document = document
+        self.sanitised = (*self.sanitised, *changes,
+                          *(Change(f"start_document.{c.path}", c.action) for c in document_changes))
 
     @classmethod
     def from_start(cls, start: dict, *, license: str | None = None, instrument: str | None = None,
                    facility: str | None = None, source_type: str | None = None) -> RunMetadata:
-        """Read the metadata conventions of a Bluesky start document; keyword arguments are defaults."""
+        """Read the metadata conventions of a Bluesky start document; keyword arguments are defaults.
+
+        The document is made storable first (`nexus_definitions.sanitise.sanitise_metadata`);
+        its changes become `sanitised`.
+        """
+        start, sanitised = sanitise_metadata(dict(start))
         uid = _text(start.get("uid"))
         if uid is None or "time" not in start:
             raise NexusWriteError("the start document needs 'uid' and 'time'")
@@ -195,7 +224,8 @@ class RunMetadata:
             rotation_angle=number("rotation_angle"),
             scan_id=scan_id if isinstance(scan_id, int) else None,
             plan_name=plan_name,
-            start_document=dict(start),
+            start_document=start,
+            sanitised=tuple(sanitised),
         )
 
 
@@ -590,6 +620,8 @@ class NexusRunFile:
             f.flush()
         except Exception:
             f.close()
+            with contextlib.suppress(OSError):  # a file with half its metadata is no run file: leave none
+                path.unlink()
             raise
         return self
 
@@ -720,6 +752,30 @@ class NexusRunFile:
             _scalar(bluesky, "start", _json(m.start_document))
         bluesky.create_dataset("stop", data=b"", dtype=h5py.string_dtype("utf-8", L.STOP_LENGTH))
         bluesky.create_dataset("exit_status", data=b"", dtype=h5py.string_dtype("utf-8", L.EXIT_STATUS_LENGTH))
+        if m.sanitised:
+            self._write_sanitised(entry, m)
+
+    def _write_sanitised(self, entry, m: RunMetadata) -> None:
+        """The NXnote saying how the metadata was changed to be storable (and the same as a log warning)."""
+        changes = list(m.sanitised)
+        listed = changes[: L.SANITISED_LISTED]
+        more = f" (and {len(changes) - len(listed)} more, not listed)" if len(changes) > len(listed) else ""
+        note = _group(entry, L.METADATA_SANITISED, "NXnote")
+        _scalar(note, "author", L.PROGRAM)
+        _scalar(note, "date", L.iso_time())
+        _scalar(note, "type", "application/json")
+        _scalar(note, "description", f"{len(changes)} metadata value(s) of the run were changed so that HDF5 can "
+                                     "store them (NUL and control characters removed, lone surrogates and invalid "
+                                     "UTF-8 replaced by U+FFFD, strings cut to 64 KiB). data: a JSON list of "
+                                     "{path, action}; path is the key path in the start document (or the field of the "
+                                     "run's metadata)." + more
+                                     + "\n" + "\n".join(str(c) for c in listed))
+        # NXnote/data is NX_BINARY: the JSON (ASCII: json escapes the rest) as one bytes value
+        note.create_dataset("data", data=np.bytes_(json.dumps([c.to_dict() for c in listed]).encode("ascii")))
+        shown = "; ".join(str(c) for c in changes[:20]) + (f"; ... ({len(changes)} in all)" if len(changes) > 20
+                                                           else "")
+        log.warning("%s: run %s: metadata changed so that HDF5 can store it (recorded in /%s/%s): %s", self.path,
+                    m.uid, self.entry_name, L.METADATA_SANITISED, shown)
 
     # ---- frames ----
     def define_frames(self, two_theta, *, dtype="f8", intensity_units: str | None = None,
@@ -743,7 +799,7 @@ class NexusRunFile:
             entry = self.entry
             n = tth.size
             for path, nx_class in L.GROUP_CLASSES.items():
-                if path in (L.FRAME_SOURCES, L.LICENSE, L.BLUESKY):
+                if path in (L.FRAME_SOURCES, L.LICENSE, L.BLUESKY, L.METADATA_SANITISED):
                     continue
                 _group(entry, path, nx_class)
             detector = entry[L.DETECTOR]

@@ -1,6 +1,7 @@
 """NexusWriter: real Bluesky documents (event_model.compose_run, a RunEngine) into NXxrd_ml files, read back."""
 
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -138,9 +139,10 @@ def test_a_reader_holding_the_file_never_costs_frames(tmp_path):
                                "sys.stdin.readline()\n"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "open"
-        with pytest.raises(NexusWriteError, match="a reader has the file open"):
-            writer(*second.start)
-        feed(writer, [*second.head, *second.frames[0]])  # the refused run's documents are ignored, not re-raised
+        writer(*second.start)  # recorded, not raised: the scan goes on
+        assert len(writer.errors) == 1 and isinstance(writer.errors[0], NexusWriteError)
+        assert "a reader has the file open" in str(writer.errors[0])
+        feed(writer, [*second.head, *second.frames[0]])  # the refused run's documents are ignored, not re-reported
         feed(writer, [*first.frames[0], *raw.frames[1], *first.frames[1], *raw.frames[2], *first.frames[2]])
     finally:
         reader.stdin.write("\n")
@@ -202,10 +204,11 @@ def test_an_existing_file_is_not_overwritten_unless_asked(tmp_path):
     feed(first, raw.all())
     again = runs.raw_run(1, metadata={"scan_id": 1})
     second = NexusWriter(tmp_path, file_name_template="run_{scan_id}.nxs")
-    with pytest.raises(NexusFileExistsError, match="run_1.nxs.*overwrite"):
-        second(*again.start)
-    assert second.errors and isinstance(second.errors[0], FileExistsError)
+    second(*again.start)  # recorded, not raised
+    assert len(second.errors) == 1 and isinstance(second.errors[0], NexusFileExistsError)
+    assert re.search("run_1.nxs.*overwrite", str(second.errors[0]))
     feed(second, [*again.head, *again.frames[0], again.stop])  # the rest of that run is ignored, not half-written
+    assert len(second.errors) == 1
     with h5py.File(tmp_path / "run_1.nxs", "r") as f:
         assert strings(f["entry/entry_identifier"]) == [raw.uid]
     third = NexusWriter(tmp_path, file_name_template="run_{scan_id}.nxs", overwrite=True)
@@ -214,20 +217,25 @@ def test_an_existing_file_is_not_overwritten_unless_asked(tmp_path):
         assert strings(f["entry/entry_identifier"]) == [again.uid]
 
 
-def test_writer_errors_name_the_key_and_are_raised(tmp_path):
+def test_writer_errors_name_the_key_and_are_recorded_or_raised(tmp_path):
     raw = runs.raw_run(1)
     writer = NexusWriter(tmp_path, pressure_key="dac_pressure")
     writer(*raw.start)
+    writer(*raw.head[0])  # recorded and logged, not raised: a RunEngine would abort the scan
+    assert len(writer.errors) == 1 and isinstance(writer.errors[0], NexusWriteError)
+    assert "no data key 'dac_pressure'" in str(writer.errors[0])
+    strict = NexusWriter(tmp_path / "strict", pressure_key="dac_pressure", raise_errors=True)
+    strict(*raw.start)
     with pytest.raises(NexusWriteError, match="no data key 'dac_pressure'"):
-        writer(*raw.head[0])
-    assert len(writer.errors) == 1
+        strict(*raw.head[0])
+    assert len(strict.errors) == 1
     broken = runs.raw_run(2)
     writer = NexusWriter(tmp_path / "b")
     feed(writer, [broken.start, *broken.head, *broken.frames[0]])
     name, event = broken.frames[1][0]
     event = dict(event, data=dict(event["data"], detector_pattern=[1.0, 2.0]))  # a frame of the wrong length
-    with pytest.raises(NexusWriteError, match=r"shape \(1, 2\), expected \(1, 200\)"):
-        writer(name, event)
+    writer(name, event)
+    assert len(writer.errors) == 1 and re.search(r"shape \(1, 2\), expected \(1, 200\)", str(writer.errors[0]))
     writer.close()
 
 
