@@ -20,7 +20,11 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None) 
     from xrd_nexus_ml.inference import Frame, InferenceEngine
 
     engine = engine or InferenceEngine.from_bundles()
-    patterns, pressures, energies = read_patterns(path, entry=entry, wavelength=wavelength)
+    # the file's own wavelength (or energy) wins; `wavelength` serves the frames that record none
+    patterns, pressures, energies = read_patterns(path, entry=entry)
+    if wavelength is not None and any(p.axis != "q" and not p.wavelength for p in patterns):
+        fallback, _, _ = read_patterns(path, entry=entry, wavelength=wavelength)
+        patterns = [p if p.axis == "q" or p.wavelength else f for p, f in zip(patterns, fallback)]
     frames = [Frame(seq_num=int(p.metadata["seq_num"]), intensity=p,
                     pressure=float(pressures[i]) if pressures is not None else math.nan,
                     energy=float(energies[i]) if energies is not None else math.nan)
@@ -40,16 +44,31 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None) 
 
 
 def cmd_classify(args) -> int:
+    """Each file classified in turn; one that cannot be read or written gets an error line (--json:
+    {"file", "error"}) in its place, the others are still classified, and the exit status is then 2."""
     import json
+    import sys
 
+    from xrd_nexus_ml.errors import XrdNexusMlError
     from xrd_nexus_ml.inference import InferenceEngine
 
     engine = InferenceEngine.from_bundles(device=args.device)
+    failed = []
     for path in args.files:
-        summary = classify_file(path, engine, entry=args.entry, wavelength=args.wavelength)
+        try:
+            summary = classify_file(path, engine, entry=args.entry, wavelength=args.wavelength)
+        except (XrdNexusMlError, OSError) as err:
+            failed.append(str(path))
+            problem = getattr(err, "problem", None) or str(err)
+            print(json.dumps({"file": str(path), "error": problem}) if args.json else f"{path}: error: {problem}")
+            continue
         if args.json:
             print(json.dumps(summary, default=float))
         else:
             print(f"{summary['file']}: {summary['frames']} frames -> {summary['group']}; phases {summary['phases']}; "
                   f"transition {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f} GPa")
+    if failed:
+        print(f"xrd-nexus-ml: error: {len(failed)} of {len(args.files)} NeXus file(s) could not be classified: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0

@@ -426,6 +426,8 @@ def check_nexusformat(report: ValidationReport, path: Path, entry: str, definiti
 
 
 def check_pynxtools(report: ValidationReport, path: Path, entry: str, definition: Path, name: str) -> None:
+    # absolute before the chdir below: a relative path would then name another (missing) file
+    path, definition = Path(path).resolve(), Path(definition).resolve()
     try:
         import h5py
         import pynxtools.nexus.utils as nexus_utils
@@ -444,9 +446,9 @@ def check_pynxtools(report: ValidationReport, path: Path, entry: str, definition
     try:
         # pynxtools opens external-link files relative to the working directory, HDF5 relative to
         # the linking file: run it from the file's folder so both find the same files
-        os.chdir(path.resolve().parent)
+        os.chdir(path.parent)
         with _captured(logging.getLogger("pynxtools"), logging.INFO) as capture, h5py.File(path, "r") as f:
-            valid = validate_hdf_group_against(name, f[entry], str(path.resolve()))
+            valid = validate_hdf_group_against(name, f[entry], str(path))
         problems = sorted(collector.data.get("warning_and_error", set())) if hasattr(collector, "data") else []
     except Exception as exc:  # a validator crash is reported, never taken for success
         report.add("pynxtools", "error", f"validator failed: {type(exc).__name__}: {exc}")
@@ -503,17 +505,22 @@ def _readable_copy(path: Path, report: ValidationReport):
 
 def validate_file(path, definition: str | Path = L.NXDL_PATH, *, entry: str | None = None,
                   pynxtools: bool = True) -> ValidationReport:
-    """Check `path` against the application definition file `definition` (default NXxrd_ml)."""
+    """Check `path` against the application definition file `definition` (default NXxrd_ml).
+
+    Both paths are made absolute first (the pynxtools check runs from the file's folder); the
+    report names the file as it was given."""
     import h5py
 
+    given = str(path)
     path = Path(path)
     definition = Path(definition)
     if not path.is_file():
         raise NexusValidationError(f"{path}: no such file")
     if not definition.is_file():
         raise NexusValidationError(f"{definition}: no such NXDL file")
+    path, definition = path.resolve(), definition.resolve()
     name, _ = load_definition(definition)
-    report = ValidationReport(str(path), name)
+    report = ValidationReport(given, name)
     for problem in check_nxdl_schema(definition):
         report.add("nxdl", "error", f"the definition does not validate against nxdl.xsd: {problem}")
     with _readable_copy(path, report) as readable:
@@ -522,10 +529,10 @@ def validate_file(path, definition: str | Path = L.NXDL_PATH, *, entry: str | No
                        and L.decode(g.attrs.get("NX_class", b"")) == "NXentry"]
             if entry is None:
                 if not entries:
-                    raise NexusValidationError(f"{path}: no NXentry group at the top of the file")
+                    raise NexusValidationError(f"{given}: no NXentry group at the top of the file")
                 entry = entries[0]
             elif entry.strip("/") not in f:
-                raise NexusValidationError(f"{path}: no entry /{entry.strip('/')}")
+                raise NexusValidationError(f"{given}: no entry /{entry.strip('/')}")
             entry = entry.strip("/")
             declared = L.decode(f[entry]["definition"][()]) if "definition" in f[entry] else None
             if declared != name:

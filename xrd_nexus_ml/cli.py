@@ -11,7 +11,7 @@ from pathlib import Path
 from xrd_nexus_ml.errors import XrdNexusMlError
 
 
-def _print_json(payload: dict) -> None:
+def _print_json(payload: dict | list) -> None:
     print(json.dumps(payload, indent=2, default=float))
 
 
@@ -64,8 +64,10 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    """One JSON document: the file's object for one file, a list of them (in argument order) for several."""
     from xrd_nexus_ml.io import read_pattern
 
+    infos = []
     for name in args.files:
         pattern = read_pattern(name, wavelength=args.wavelength)
         info = {
@@ -81,7 +83,8 @@ def cmd_inspect(args) -> int:
             q = canonical.x[canonical.mask]
             info["canonical_q_measured"] = [float(q.min()), float(q.max())]
             info["canonical_fraction_measured"] = float(canonical.mask.mean())
-        _print_json(info)
+        infos.append(info)
+    _print_json(infos[0] if len(infos) == 1 else infos)
     return 0
 
 
@@ -312,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("inspect", help="read pattern files and report range, wavelength and canonical-grid coverage")
+    p = sub.add_parser("inspect", help="read pattern files and report range, wavelength and canonical-grid coverage "
+                                       "(JSON: an object for one file, a list of them for several)")
     p.add_argument("files", nargs="+")
     p.add_argument("--wavelength", default=None, help="Å or anode name when the file does not say")
     p.set_defaults(func=cmd_inspect)
@@ -471,6 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_wavelength_argument(args) -> None:
+    """Every command's --wavelength, checked before anything runs (`resolve_wavelength`: a number of Å
+    in the X-ray/neutron range, or an anode name), so that a bad value is refused with exit status 2
+    even where every file records its own wavelength and the argument would never be used."""
+    value = getattr(args, "wavelength", None)
+    if value is not None:
+        from xrd_nexus_ml.pattern import resolve_wavelength
+
+        try:
+            resolve_wavelength(value)
+        except XrdNexusMlError as err:
+            raise type(err)(f"--wavelength: {getattr(err, 'problem', err)}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -479,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("silx.opencl").setLevel(logging.ERROR)
     logging.getLogger("pint.util").setLevel(logging.ERROR)  # unit redefinitions when pynxtools loads  # pyFAI's optional OpenCL probe is noise here
     try:
+        _check_wavelength_argument(args)
         return args.func(args)
     except XrdNexusMlError as err:
         print(f"xrd-nexus-ml: error: {err}", file=sys.stderr)

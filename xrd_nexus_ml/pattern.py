@@ -47,10 +47,18 @@ def energy_to_wavelength(energy_kev: float, source: str | None = None) -> float:
     return HC_KEV_ANGSTROM / float(energy_kev)
 
 
+#: The wavelengths (Å) a diffraction pattern can have been measured with: hard X-rays and
+#: synchrotron beams (0.01 Å is 1.2 MeV) to soft X-rays and cold neutrons (20 Å). Outside this
+#: range a number is a typing or unit mistake (nm for Å, eV for keV, 1e6 for 1e-6), never a beam.
+WAVELENGTH_RANGE = (0.01, 20.0)
+
+
 def resolve_wavelength(wavelength: float | str | None, source: str | None = None) -> float | None:
-    """Accept a wavelength in Å or an anode name such as 'CuKa'; check it is positive and finite."""
+    """Accept a wavelength in Å or an anode name such as 'CuKa'; check it is a finite number of Å
+    within `WAVELENGTH_RANGE` (X-rays and neutrons), else `WavelengthError` naming value and range."""
     if wavelength is None:
         return None
+    given = wavelength.strip() if isinstance(wavelength, str) else wavelength
     if isinstance(wavelength, str):
         if wavelength in WAVELENGTHS:
             return WAVELENGTHS[wavelength]
@@ -62,8 +70,13 @@ def resolve_wavelength(wavelength: float | str | None, source: str | None = None
                 f"wavelength {wavelength!r} is neither a number of Å nor one of {known}", source
             ) from None
     value = float(wavelength)
+    low, high = WAVELENGTH_RANGE
     if not math.isfinite(value) or value <= 0:
-        raise WavelengthError(f"wavelength must be a positive number of Å, got {wavelength!r}", source)
+        raise WavelengthError(f"wavelength must be a positive number of Å ({low:g} to {high:g} Å for X-rays and "
+                              f"neutrons), got {given!r}", source)
+    if not low <= value <= high:
+        raise WavelengthError(f"wavelength {given} Å is outside {low:g} to {high:g} Å, the range of X-ray and "
+                              "neutron diffraction (a wavelength in nm, or an energy, given as Å?)", source)
     return value
 
 

@@ -96,40 +96,87 @@ def cmd_train_identify(args) -> int:
     return 0
 
 
-def classify_patterns(files, model: str | None = None, elements=None, wavelength=None, max_phases: int = 3,
-                      plot_dir: str | None = None, spacegroup_model: str | None = "default",
-                      max_strain: float | None = None) -> list[dict]:
-    """Identify the phases of pattern files; one dict per file (see `Identification.to_dict`), with
-    the space-group model's answer under "symmetry" unless `spacegroup_model` is None.
-    max_strain: see `Identifier` (None: its default)."""
-    from xrd_nexus_ml.identification.identifier import Identifier
+def read_pattern_file_first(path, wavelength=None):
+    """A pattern file read with its own recorded wavelength; `wavelength` (Å or an anode name) serves
+    only a file that records none (or an unusable one). A q axis needs none. (`read_pattern(path,
+    wavelength=...)` would put the argument above the file's value.)"""
+    from xrd_nexus_ml.errors import WavelengthError
     from xrd_nexus_ml.io import read_pattern
 
+    if wavelength is None:
+        return read_pattern(path)
+    try:
+        pattern = read_pattern(path)
+    except WavelengthError:  # the file states a wavelength that is no wavelength: the argument serves
+        return read_pattern(path, wavelength=wavelength)
+    if pattern.axis == "q" or pattern.wavelength:
+        return pattern
+    return read_pattern(path, wavelength=wavelength)
+
+
+def classify_patterns(files, model: str | None = None, elements=None, wavelength=None, max_phases: int = 3,
+                      plot_dir: str | None = None, spacegroup_model: str | None = "default",
+                      max_strain: float | None = None, errors: str = "raise") -> list[dict]:
+    """Identify the phases of pattern files; one dict per file, in order (see `Identification.to_dict`,
+    plus the wavelength used and where it came from), with the space-group model's answer under
+    "symmetry" unless `spacegroup_model` is None.
+
+    wavelength: for files that record none (`read_pattern_file_first`); a 2θ file with neither is
+    a file error. errors: "raise" (the first file that cannot be read or used raises) or "record"
+    (its dict is {"file": ..., "error": ...} and the other files are still identified).
+    max_strain: see `Identifier` (None: its default)."""
+    from xrd_nexus_ml.errors import WavelengthError, XrdNexusMlError
+    from xrd_nexus_ml.identification.identifier import Identifier
+
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
     strain = {} if max_strain is None else {"max_strain": max_strain}
     identifier = Identifier.from_bundle(resolve_model(model), max_phases=max_phases, **strain)
-    patterns = [read_pattern(f, wavelength=wavelength) for f in files]
-    results = identifier.identify(patterns, elements=elements, sources=[str(f) for f in files])
+    out: list[dict | None] = [None] * len(files)
+    patterns, rows = [], []
+    for i, f in enumerate(files):
+        try:
+            pattern = read_pattern_file_first(f, wavelength)
+            if pattern.axis != "q" and not pattern.wavelength:
+                raise WavelengthError("the axis is 2θ and the file records no wavelength; give --wavelength (Å, or "
+                                      "an anode name such as CuKa1)", str(f))
+        except (XrdNexusMlError, OSError) as err:
+            if errors == "raise":
+                raise
+            out[i] = {"file": str(f), "error": getattr(err, "problem", None) or str(err)}
+            continue
+        patterns.append(pattern)
+        rows.append(i)
+    if not patterns:
+        return out
+    results = identifier.identify(patterns, elements=elements, sources=[str(files[i]) for i in rows])
     symmetry = [None] * len(patterns)
     if spacegroup_model is not None:
         from xrd_nexus_ml.spacegroup.commands import predict_patterns
         from xrd_nexus_ml.spacegroup.model import load_model
 
         symmetry = predict_patterns(patterns, load_model(spacegroup_model))
-    out = []
-    for pattern, result, sym in zip(patterns, results, symmetry):
+    for row, pattern, result, sym in zip(rows, patterns, results, symmetry):
         record = result.to_dict()
+        record["wavelength_angstrom"] = pattern.wavelength
+        record["wavelength_origin"] = pattern.metadata.get("wavelength_origin")
         if sym is not None:
             record["symmetry"] = sym.to_dict()
         if plot_dir is not None and result.flag is None:
             from xrd_nexus_ml.plotting import plot_identification
 
             record["png"] = str(plot_identification(pattern, result, identifier.model, Path(plot_dir)))
-        out.append(record)
+        out[row] = record
     return out
 
 
 def cmd_classify(args) -> int:
-    """Pattern files are identified; NeXus files get the phase-transition predictions appended."""
+    """Pattern files are identified; NeXus files get the phase-transition predictions appended.
+
+    A file that cannot be read or classified gets a line (text) or {"file", "error"} entry (--json)
+    where its result would be; the others are still classified, and the exit status is then 2."""
+    import sys
+
     nexus = [f for f in args.files if Path(f).suffix.lower() in NEXUS_SUFFIXES]
     patterns = [f for f in args.files if Path(f).suffix.lower() not in NEXUS_SUFFIXES]
     status = 0
@@ -143,25 +190,33 @@ def cmd_classify(args) -> int:
     records = classify_patterns(patterns, args.model, parse_elements(args.elements), args.wavelength,
                                 args.max_phases, args.plot,
                                 None if args.spacegroup_model == "none" else args.spacegroup_model,
-                                max_strain=args.max_strain)
+                                max_strain=args.max_strain, errors="record")
+    failed = [r["file"] for r in records if "error" in r]
     if args.json:
         print(json.dumps(records, indent=2, default=float))
-        return status
-    from xrd_nexus_ml.spacegroup.commands import describe
+    else:
+        from xrd_nexus_ml.spacegroup.commands import describe
 
-    for r in records:
-        if r["flag"]:
-            print(f"{r['source']}: not usable ({r['flag']})")
-            continue
-        phases = ", ".join(f"{p['formula']} ({p['space_group_symbol']}, p={p['probability']:.2f})"
-                           for p in r["phases"]) or "no phase"
-        explained = f"library phases explain {r['explained']:.0%}; " if r["explained"] > 0 else ""
-        unknown = f"  [OUT OF LIBRARY: {explained}nearest " + ", ".join(c["formula"] for c in r["candidates"][:3]) + \
-            "]" if r["out_of_library"] else ""
-        print(f"{r['source']}: {phases}{unknown}  ({1000 * r['seconds']:.1f} ms)" +
-              (f"  -> {r['png']}" if r.get("png") else ""))
-        if "symmetry" in r:
-            print(f"    {describe(r['symmetry'])}")
+        for r in records:
+            if "error" in r:
+                print(f"{r['file']}: error: {r['error']}")
+                continue
+            if r["flag"]:
+                print(f"{r['source']}: not usable ({r['flag']})")
+                continue
+            phases = ", ".join(f"{p['formula']} ({p['space_group_symbol']}, p={p['probability']:.2f})"
+                               for p in r["phases"]) or "no phase"
+            explained = f"library phases explain {r['explained']:.0%}; " if r["explained"] > 0 else ""
+            nearest = ", ".join(c["formula"] for c in r["candidates"][:3])
+            unknown = f"  [OUT OF LIBRARY: {explained}nearest {nearest}]" if r["out_of_library"] else ""
+            print(f"{r['source']}: {phases}{unknown}  ({1000 * r['seconds']:.1f} ms)" +
+                  (f"  -> {r['png']}" if r.get("png") else ""))
+            if "symmetry" in r:
+                print(f"    {describe(r['symmetry'])}")
+    if failed:
+        print(f"xrd-nexus-ml: error: {len(failed)} of {len(patterns)} pattern file(s) could not be classified: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        status = 2
     return status
 
 
