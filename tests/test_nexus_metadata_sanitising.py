@@ -8,6 +8,8 @@ validate against NXxrd_ml.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import json
 import logging
 
@@ -31,17 +33,6 @@ def text(ds) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class Collector:
-    def __init__(self):
-        self.docs = []
-
-    def __call__(self, name, doc):
-        self.docs.append((name, doc))
-
-    def named(self, name):
-        return [d for n, d in self.docs if n == name]
-
-
 @pytest.fixture(scope="module")
 def beamline():
     return make_beamline(SampleModel(seed=3, noise=0.0), settle_time=0.0,
@@ -50,8 +41,8 @@ def beamline():
 
 def scan(beamline, writer, **md):
     engine = RunEngine({})
-    docs = Collector()
-    engine.subscribe(docs)
+    docs = defaultdict(list)  # document name -> documents
+    engine.subscribe(lambda name, doc: docs[name].append(doc))
     engine.subscribe(writer)
     (uid,) = engine(bp.scan([beamline.detector, beamline.energy], beamline.pressure, 10, 30, N_FRAMES), **md)
     return uid, docs
@@ -70,8 +61,8 @@ def test_metadata_with_nul_surrogate_and_control_characters_is_cleaned_and_recor
         uid, docs = scan(beamline, writer, **md)
 
     # the scan ran to its end with every frame
-    assert docs.named("stop")[0]["exit_status"] == "success"
-    assert len(docs.named("event")) == N_FRAMES
+    assert docs["stop"][0]["exit_status"] == "success"
+    assert len(docs["event"]) == N_FRAMES
     assert writer.errors == []
     path = writer.paths[uid]
     with h5py.File(path, "r") as f:
@@ -114,7 +105,7 @@ def test_a_sample_name_with_a_nul_no_longer_stops_the_scan(beamline, tmp_path):
     """The defect as reported: ``md={"sample": "bad\\x00name"}`` aborted the RunEngine from the writer."""
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern")
     uid, docs = scan(beamline, writer, sample="bad\x00name")
-    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
+    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
     assert writer.errors == []
     with h5py.File(writer.paths[uid], "r") as f:
         assert text(f["entry/sample/name"]) == "badname"
@@ -134,7 +125,7 @@ def test_any_other_writer_failure_is_recorded_and_logged_and_the_scan_goes_on(be
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern", pressure_key="dac_pressure")
     with caplog.at_level(logging.ERROR):
         uid, docs = scan(beamline, writer, sample="MgO")
-    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
+    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
     assert len(writer.errors) == 1 and isinstance(writer.errors[0], NexusWriteError)
     assert "no data key 'dac_pressure'" in str(writer.errors[0])
     assert any("no data key 'dac_pressure'" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
@@ -150,7 +141,7 @@ def test_a_file_whose_metadata_cannot_be_written_is_not_left_behind(beamline, tm
     monkeypatch.setattr(nexus_writer.NexusRunFile, "_write_metadata", broken)
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern")
     uid, docs = scan(beamline, writer, sample="MgO")
-    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
+    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
     assert len(writer.errors) == 1 and "disk full" in str(writer.errors[0])  # reported once, not per document
     assert list(tmp_path.iterdir()) == []  # no partial file
 
