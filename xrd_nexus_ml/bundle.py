@@ -1,12 +1,15 @@
 """Model bundles on disk: `<dir>/weights.safetensors` (tensors only) and `<dir>/card.json`.
 
 Every model of the package is stored this way, so loading one reads JSON and tensors and never
-unpickles an object; a missing, corrupt or foreign file raises `ModelBundleError` naming it.
+unpickles an object; a missing, corrupt or foreign file raises `ModelBundleError` naming it. The
+card records the SHA-256 of the weights file (`weights_sha256`) and loading checks it: weights that
+were altered, or swapped for another model's, do not load silently and answer differently.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from collections.abc import Collection
 from pathlib import Path
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.errors import ModelBundleError
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -26,6 +31,17 @@ def software_versions() -> dict:
 
     return {"torch": torch.__version__, "numpy": np.__version__, "safetensors": safetensors.__version__,
             "python": platform.python_version()}
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_digest(directory) -> str:
@@ -45,6 +61,7 @@ def write_bundle(directory, tensors: dict[str, torch.Tensor], card: dict, indent
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"kind": str(card["kind"])})
+    card = {**card, "weights_sha256": file_sha256(directory / WEIGHTS_FILE)}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=indent, default=float))
     return directory
 
@@ -69,6 +86,13 @@ def read_bundle(directory, kinds: Collection[str], card_version: int) -> tuple[d
     if card.get("card_version") != card_version:
         raise ModelBundleError(f"{card_path}: card_version {card.get('card_version')!r}, this code reads "
                                f"{card_version}")
+    recorded = card.get("weights_sha256")
+    if recorded is None:
+        log.warning("%s: the card records no weights_sha256; the weights cannot be checked", card_path)
+    elif file_sha256(weights_path) != recorded:
+        raise ModelBundleError(f"{weights_path}: SHA-256 {file_sha256(weights_path)[:12]}... is not the "
+                               f"{str(recorded)[:12]}... its card records: the weights were altered or belong to "
+                               "another model; rebuild the bundle or restore its files")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
