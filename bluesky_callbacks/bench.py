@@ -21,6 +21,11 @@ import platform
 import time
 
 import numpy as np
+from bluesky_callbacks.classifier import ClassifierCallback
+from bluesky_callbacks.sim import PatternFlyer
+from xrd_nexus_ml.device import describe_device
+from xrd_nexus_ml.inference import InferenceEngine
+from xrd_nexus_ml.transitions import simulate_ramp
 
 
 def _rss_mb() -> float:
@@ -91,12 +96,6 @@ def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: 
     phase-transition model and its open-set check); identification_options: see
     `InferenceEngine.from_bundles`; transition_model: "default", a bundle folder or "auto"."""
     from bluesky import RunEngine
-
-    from bluesky_callbacks.classifier import ClassifierCallback
-    from bluesky_callbacks.sim import PatternFlyer
-    from xrd_nexus_ml.benchmarks import describe_device
-    from xrd_nexus_ml.inference import InferenceEngine
-    from xrd_nexus_ml.transitions import simulate_ramp
 
     engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
@@ -169,17 +168,3 @@ def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: 
         "settings": {"page_size": page_size, "batch_size": batch_size, "max_queue": max_queue,
                      "compare_frames": compare_frames, "python": platform.python_version()},
     }
-
-
-def cmd_bench_callback(args) -> int:
-    import json
-
-    from xrd_nexus_ml.cli import identification_options
-
-    result = bench_callback(n_frames=args.n, rate_hz=args.rate, page_size=args.page_size,
-                            compare_frames=args.compare_frames, batch_size=args.batch_size, device=args.device,
-                            spacegroup_model=args.spacegroup_model, identification_model=args.identification_model,
-                            identification_options=identification_options(args),
-                            transition_model=args.transition_model)
-    print(json.dumps(result, indent=2, default=float))
-    return 0

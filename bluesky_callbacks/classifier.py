@@ -25,6 +25,7 @@ import numpy as np
 from bluesky_callbacks.external import ExternalData
 from xrd_nexus_ml.inference import Frame, FramePrediction, InferenceEngine, RunClassifier, event_data_keys
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM, energy_to_wavelength
+from xrd_nexus_ml.steering import Estimate, Observation, SteeringHistory
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,6 @@ class ClassifierCallback(event_model.DocumentRouter):
         """`TransitionEstimateSource` for `bluesky_callbacks.plans.adaptive_pressure_ramp`: the
         latest run's `SteeringHistory` once frame `seq_num` has its prediction, else None
         (never blocks: the plan polls through `bps.sleep`)."""
-        from xrd_nexus_ml.steering import Estimate, Observation, SteeringHistory
-
         with self._published:
             run = self._latest
             if run is None or run.last_seq_num < seq_num:

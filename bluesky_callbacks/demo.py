@@ -19,6 +19,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
+from bluesky_callbacks.nexus_writer import NexusWriter
+from bluesky_callbacks.plans import adaptive_pressure_ramp, uniform_pressure_ramp
+from bluesky_callbacks.sim import SampleModel, make_beamline
+from nexus_definitions.validate import validate_file
+from xrd_nexus_ml.inference import InferenceEngine
+from xrd_nexus_ml.steering import SteeringPolicy
+from xrd_nexus_ml.transitions.materials import MATERIALS
+from bluesky_callbacks.storage import RunStore
+from nexus_definitions import layout as L
+from nexus_definitions.layout import decode
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +54,12 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     it (the shipped models know (Mg,Fe)O alone)."""
     from bluesky import RunEngine
 
-    from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
-    from bluesky_callbacks.nexus_writer import NexusWriter
-    from bluesky_callbacks.plans import adaptive_pressure_ramp, uniform_pressure_ramp
-    from bluesky_callbacks.sim import SampleModel, make_beamline
-    from nexus_definitions.validate import validate_file
-    from xrd_nexus_ml.inference import InferenceEngine
-    from xrd_nexus_ml.steering import SteeringPolicy
-
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start, stop, coarse = 5.0, 55.0, 6.0
     sample_md = SAMPLE
     if sample is not None:
-        from xrd_nexus_ml.transitions.materials import MATERIALS
-
         if sample not in MATERIALS:
             raise ValueError(f"unknown sample {sample!r}; the demo knows {', '.join(MATERIALS)}")
         material = MATERIALS[sample]
@@ -87,8 +88,6 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     RE = RunEngine({}, call_returns_result=True)
     run_store = None
     if store:
-        from bluesky_callbacks.storage import RunStore
-
         run_store = RunStore(out / "store")
         RE.subscribe(run_store.writer())
         classifier.subscribe(run_store.writer())
@@ -170,9 +169,6 @@ def _read_back(run_store, uid: str, device: str, pattern_key: str) -> dict:
 def _read_nexus(path: Path) -> dict:
     """The same, from the NeXus file (when no store was asked for), at the paths of its layout."""
     import h5py
-
-    from nexus_definitions import layout as L
-    from nexus_definitions.layout import decode
 
     with h5py.File(path, "r") as h5:
         entry = h5[L.ENTRY]
@@ -289,48 +285,3 @@ def plot_demo(frames: dict, summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def print_table(summary: dict) -> None:
-    """The short report a beamline scientist reads at the end of the scan."""
-    from xrd_nexus_ml.physics.symmetry import space_group_symbol
-
-    print(f"{summary['steering']} pressure ramp: {summary['frames']} frames "
-          f"({summary['classification'].get('classified', 0)} classified, {summary['classification'].get('shed', 0)} "
-          f"shed, {summary['classification'].get('errors', 0)} errors), {summary['seconds']} s on {summary['device']}")
-    print(f"{'phase':<8}{'frames':>6}  {'pressure (GPa)':<17}{'space group':<20}{'crystal system':<20}material")
-    for name, info in summary["phases"].items():
-        lo, hi = info["pressure_range_gpa"]
-        n = info["frames"]
-        space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} ({info['space_group_frames']}/{n})"
-                       if info["space_group"] else "-")
-        system = f"{info['crystal_system']} ({info['crystal_system_frames']}/{n})" if info["crystal_system"] else "-"
-        if info["material"]:
-            material = f"{info['material']} ({info['material_frames']}/{n})"
-        else:
-            material = f"out of library ({info['material_out_of_library_frames']}/{n})" \
-                if info["material_out_of_library_frames"] else "-"
-        print(f"{name:<8}{n:>6}  {f'{lo:.2f} - {hi:.2f}':<17}{space_group:<20}{system:<20}{material}")
-    print(f"transition pressure: {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f}"
-          f" GPa (1σ; simulated truth {summary['true_transition_pressure_gpa']:.2f}, requested precision "
-          f"{summary['requested_precision_gpa']} GPa)")
-    print(f"NeXus: {summary['nexus_file']} ({'valid' if summary['nexus_valid'] else 'INVALID'} against NXxrd_ml)")
-    if summary["store"]:
-        print(f"runs stored in {summary['store']} (raw {summary['raw_run_uid'][:8]} + derived predictions)")
-
-
-def cmd_demo(args) -> int:
-    from xrd_nexus_ml.cli import identification_options
-
-    summary = run_demo(args.out, steering=not args.no_steering, max_frames=args.frames, device=args.device,
-                       transition_pressure=args.transition_pressure, precision=args.precision, seed=args.seed,
-                       store=not args.no_store, area_detector=args.area_detector,
-                       spacegroup_model=args.spacegroup_model, identification_model=args.identification_model,
-                       identification_options=identification_options(args), transition_model=args.transition_model,
-                       sample=args.sample)
-    if args.json:
-        print(json.dumps(summary, indent=2, default=float))
-    else:
-        print_table(summary)
-        print(f"figure: {Path(args.out) / 'demo.png'}; summary: {Path(args.out) / 'summary.json'}")
-    return 0 if summary["nexus_valid"] else 1

@@ -16,6 +16,7 @@ import event_model
 import numpy as np
 
 from xrd_nexus_ml.errors import XrdNexusMlError
+from bluesky_callbacks.handlers import HANDLERS
 
 
 class ExternalDataError(XrdNexusMlError, ValueError):
@@ -33,8 +34,6 @@ class ExternalData:
     """Resolves external data of one or more runs: feed it every document, ask it for frames."""
 
     def __init__(self, handler_registry: dict | None = None):
-        from bluesky_callbacks.handlers import HANDLERS
-
         registry = dict(HANDLERS)
         registry.update(handler_registry or {})
         self._handlers: dict = {}  # ours, so close() can close the files handlers opened

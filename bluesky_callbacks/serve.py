@@ -24,6 +24,11 @@ from pathlib import Path
 
 from bluesky.callbacks.zmq import RemoteDispatcher
 from bluesky.run_engine import DocumentNames
+from bluesky_callbacks.wire import deserialize, serialize
+from bluesky_callbacks.classifier import ClassifierCallback
+from xrd_nexus_ml.inference import InferenceEngine
+from bluesky_callbacks.storage import RunStore
+from bluesky_callbacks.nexus_writer import NexusWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ def codec(unsafe_pickle: bool = False) -> tuple[Callable, Callable]:
         log.warning("--unsafe-pickle: documents travel as pickle; any host that can publish to the proxy "
                     "can run code on this one")
         return pickle.dumps, pickle.loads
-    from bluesky_callbacks.wire import deserialize, serialize
 
     return serialize, deserialize
 
@@ -133,9 +137,6 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
     unsafe_pickle: as pickle (bluesky's default), which lets any publisher run code on this host."""
     from bluesky.callbacks.zmq import Publisher
 
-    from bluesky_callbacks.classifier import ClassifierCallback
-    from xrd_nexus_ml.inference import InferenceEngine
-
     engine = InferenceEngine.from_bundles(transition_model, device=device, spacegroup_model=spacegroup_model,
                                           identification_model=identification_model,
                                           identification_options=identification_options)
@@ -149,15 +150,11 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
         classifier.subscribe(publisher)
         closers.append(publisher.close)  # after the classifier (reversed order): it publishes to the end
     if store is not None:
-        from bluesky_callbacks.storage import RunStore
-
         run_store = RunStore(store)
         dispatcher.subscribe(run_store.writer())
         classifier.subscribe(run_store.writer())
         closers.append(run_store.close)
     if nexus_dir is not None:
-        from bluesky_callbacks.nexus_writer import NexusWriter
-
         writer = NexusWriter(out_dir=nexus_dir)
         dispatcher.subscribe(writer)
         classifier.subscribe(writer)
@@ -182,16 +179,3 @@ def serve(listen: str, publish: str | None = None, store: str | Path | None = No
         (log.warning if dispatcher.dropped or dispatcher.failed else log.info)(
             "stopped: %d message(s) dropped (not bluesky documents), %d document(s) failed in a callback",
             dispatcher.dropped, dispatcher.failed)
-
-
-def cmd_serve(args) -> int:
-    """The CLI command."""
-    from xrd_nexus_ml.cli import identification_options
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(args.zmq, publish=args.publish, store=args.store, nexus_dir=args.nexus_dir, device=args.device,
-          batch_size=args.batch_size, max_queue=args.max_queue, spacegroup_model=args.spacegroup_model,
-          identification_model=args.identification_model, identification_options=identification_options(args),
-          transition_model=args.transition_model, unsafe_pickle=args.unsafe_pickle,
-          ready=lambda: print(f"serving {args.zmq}", flush=True))
-    return 0

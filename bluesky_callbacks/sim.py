@@ -56,6 +56,8 @@ from xrd_nexus_ml.transitions.ramp import (
     noise_pipeline,
     simulate_ramp,
 )
+from xrd_nexus_ml.transitions.materials import MATERIALS
+from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +270,6 @@ class SampleModel:
 
     def __post_init__(self):
         if self.material is not None:
-            from xrd_nexus_ml.transitions.materials import MATERIALS
-
             if self.material not in MATERIALS:
                 raise SimulatedBeamlineError(f"SampleModel.material must be one of {', '.join(MATERIALS)}, "
                                              f"got {self.material!r}")
@@ -335,7 +335,6 @@ class PatternSource:
     def _simulate(self, pressures: Sequence[float] | np.ndarray, energy_kev: float) -> np.ndarray:
         s = self.sample
         if s.material is not None:  # a literature material: its own phases, EOS and transitions
-            from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
 
             material = MATERIALS[s.material]
             n_b = len(material.transition_pressures)

@@ -12,15 +12,13 @@
 The Bluesky callback that feeds `NexusRunFile` is `bluesky_callbacks.nexus_writer.NexusWriter`.
 """
 
-from nexus_definitions.export import ExportError, cmd_export, export_record, validate_record
+from nexus_definitions.export import ExportError, export_record, validate_record
 from nexus_definitions.layout import DEFINITION_NAME, DEFINITION_VERSION, NXDL_PATH, NexusLayoutError
 from nexus_definitions.reader import read_patterns
 from nexus_definitions.validate import (
     NexusValidationError,
     ValidationReport,
     check_nxdl_schema,
-    cmd_nexus_recover,
-    cmd_nexus_validate,
     validate_file,
 )
 from nexus_definitions.writer import (
@@ -49,9 +47,6 @@ __all__ = [
     "append_predictions",
     "check_nxdl_schema",
     "clear_consistency_flags",
-    "cmd_export",
-    "cmd_nexus_recover",
-    "cmd_nexus_validate",
     "export_record",
     "read_patterns",
     "validate_file",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from nexus_definitions.reader import read_patterns
 from nexus_definitions.writer import append_predictions
+from xrd_nexus_ml.inference import Frame, InferenceEngine
 
 
-def classify_file(path, engine=None, entry: str | None = None, wavelength=None) -> dict:
-    """Classify every frame of `path` and append the predictions; returns a short summary."""
-    from xrd_nexus_ml.inference import Frame, InferenceEngine
-
+def classify_file(path, engine=None, entry: str | None = None, wavelength=None, elements=None) -> dict:
+    """Classify every frame of `path` and append the predictions; returns a short summary.
+    elements: those that may be present (restrict material identification), as in a live run."""
     engine = engine or InferenceEngine.from_bundles()
     # the file's own wavelength (or energy) wins; `wavelength` serves the frames that record none
     patterns, pressures, energies = read_patterns(path, entry=entry)
@@ -29,7 +29,7 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None) 
                     pressure=float(pressures[i]) if pressures is not None else math.nan,
                     energy=float(energies[i]) if energies is not None else math.nan)
               for i, p in enumerate(patterns)]
-    predictions = engine.new_run().classify(frames)
+    predictions = engine.new_run(elements=elements).classify(frames)
     group = append_predictions(path, predictions, engine.phase_names, engine.top_k, list(engine.provenance),
                                entry=entry)
     phases: dict[str, int] = {}
@@ -41,34 +41,3 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None) 
             "transition_pressure_gpa": last.transition_pressure if last else math.nan,
             "transition_uncertainty_gpa": last.transition_pressure_uncertainty if last else math.nan,
             "models": [m.model_id for m in engine.provenance]}
-
-
-def cmd_classify(args) -> int:
-    """Each file classified in turn; one that cannot be read or written gets an error line (--json:
-    {"file", "error"}) in its place, the others are still classified, and the exit status is then 2."""
-    import json
-    import sys
-
-    from xrd_nexus_ml.errors import XrdNexusMlError
-    from xrd_nexus_ml.inference import InferenceEngine
-
-    engine = InferenceEngine.from_bundles(device=args.device)
-    failed = []
-    for path in args.files:
-        try:
-            summary = classify_file(path, engine, entry=args.entry, wavelength=args.wavelength)
-        except (XrdNexusMlError, OSError) as err:
-            failed.append(str(path))
-            problem = getattr(err, "problem", None) or str(err)
-            print(json.dumps({"file": str(path), "error": problem}) if args.json else f"{path}: error: {problem}")
-            continue
-        if args.json:
-            print(json.dumps(summary, default=float))
-        else:
-            print(f"{summary['file']}: {summary['frames']} frames -> {summary['group']}; phases {summary['phases']}; "
-                  f"transition {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f} GPa")
-    if failed:
-        print(f"xrd-nexus-ml: error: {len(failed)} of {len(args.files)} NeXus file(s) could not be classified: "
-              f"{', '.join(failed)}", file=sys.stderr)
-        return 2
-    return 0

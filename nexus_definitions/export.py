@@ -275,28 +275,3 @@ def validate_record(record: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     return [f"{'/'.join(str(p) for p in e.absolute_path) or '(record)'}: {e.message}"
             for e in sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))]
-
-
-def cmd_export(args) -> int:
-    """`xrd-nexus-ml export FILE.nxs [--out RECORD.json] [--set KEY=VALUE ...]`."""
-    overrides = {}
-    for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ExportError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    record = export_record(args.file, entry=getattr(args, "entry", None), overrides=overrides)
-    text = json.dumps(record, indent=2)
-    out = getattr(args, "out", None)
-    if out == "-":
-        print(text)
-        return 0
-    target = Path(out) if out else Path(args.file).with_suffix(".scicat.json")
-    if target.exists() and not getattr(args, "overwrite", False):
-        raise ExportError(f"{target}: exists; pass --overwrite to replace it")
-    target.write_text(text + "\n")
-    print(f"wrote {target}")
-    return 0

@@ -152,7 +152,7 @@ class PredictionField:
 
 
 #: The per-frame prediction fields, in the order they are written. Their units are those of
-#: `xrd_nexus_ml.inference.records.event_data_keys` (a test checks they agree); they are
+#: `xrd_nexus_ml.records.event_data_keys` (a test checks they agree); they are
 #: spelled out here so that writing and checking files never imports the inference engine.
 PREDICTION_FIELDS: tuple[PredictionField, ...] = (
     PredictionField("sequence_number", "raw_seq_num", "int", -1),

@@ -35,6 +35,7 @@ from xrd_nexus_ml.io.readers import (
     _nx_class,
 )
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM, Diffractogram, resolve_wavelength
+from xrd_nexus_ml.io.readers import _signal_dataset
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ def frame_count(path, h5file, entry: str | None = None) -> int:
     """Number of frames (rows of the default plot's signal; 1 for a single pattern)."""
     p = Path(path)
     nxdata = _find_nxdata(p, h5file, entry)
-    from xrd_nexus_ml.io.readers import _signal_dataset
 
     signal = _signal_dataset(p, nxdata)
     n_rows = 1 if signal.ndim <= 1 else int(signal.shape[0])
@@ -142,7 +142,6 @@ def read_patterns(path, entry: str | None = None, wavelength: float | str | None
     p = _existing_file(path)
     with open_for_reading(p) as h5:
         nxdata = _find_nxdata(p, h5, entry)
-        from xrd_nexus_ml.io.readers import _signal_dataset
 
         signal = _signal_dataset(p, nxdata)
         if signal.ndim == 0 or signal.ndim > 2:

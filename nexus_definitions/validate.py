@@ -33,6 +33,7 @@ import numpy as np
 
 from nexus_definitions import layout as L
 from xrd_nexus_ml.errors import XrdNexusMlError
+from nexus_definitions.writer import clear_consistency_flags
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,6 @@ def _readable_copy(path: Path, report: ValidationReport):
     except OSError as exc:
         if "already open for write" not in str(exc):
             raise NexusValidationError(f"{path}: not a readable HDF5/NeXus file ({exc})") from None
-    from nexus_definitions.writer import clear_consistency_flags
 
     report.add("file", "warning", f"{path} is still open for writing, or its writer died before closing it; "
                                   "checked a copy marked closed (run `xrd-nexus-ml nexus recover` to mark the file)")
@@ -547,31 +547,3 @@ def validate_file(path, definition: str | Path = L.NXDL_PATH, *, entry: str | No
         else:
             report.checks["pynxtools"] = "not run: disabled"
     return report
-
-
-def cmd_nexus_validate(args) -> int:
-    """`xrd-nexus-ml nexus validate FILE...`: print what is missing or wrong; exit 1 if any file is invalid."""
-    definition = getattr(args, "definition", None) or L.NXDL_PATH
-    ok = True
-    reports = []
-    for name in args.files:
-        report = validate_file(name, definition, entry=getattr(args, "entry", None),
-                               pynxtools=not getattr(args, "no_pynxtools", False))
-        ok &= report.ok
-        reports.append(report)
-    if getattr(args, "json", False):
-        print(json.dumps([r.to_dict() for r in reports], indent=2))
-    else:
-        for report in reports:
-            print(report.format(warnings=getattr(args, "warnings", True)))
-    return 0 if ok else 1
-
-
-def cmd_nexus_recover(args) -> int:
-    """`xrd-nexus-ml nexus recover FILE...`: mark files whose writer died as closed (h5clear -s)."""
-    from nexus_definitions.writer import clear_consistency_flags
-
-    for name in args.files:
-        changed = clear_consistency_flags(name)
-        print(f"{name}: {'marked closed' if changed else 'already closed'}")
-    return 0

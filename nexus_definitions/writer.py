@@ -52,9 +52,10 @@ from nexus_definitions import layout as L
 from nexus_definitions.sanitise import Change, sanitise_metadata
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM
+from nexus_definitions.reader import frame_count
 
 if TYPE_CHECKING:  # importing xrd_nexus_ml.inference loads the models (torch); the writer needs only records
-    from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
+    from xrd_nexus_ml.records import FramePrediction, ModelProvenance
 
 log = logging.getLogger(__name__)
 
@@ -653,7 +654,6 @@ class NexusRunFile:
             self._rows = {int(s): i for i, s in enumerate(seq)}
             self._n_frames = len(seq)
         else:  # another writer's file: frames are the rows of the default plot's signal
-            from nexus_definitions.reader import frame_count
 
             self._n_frames = frame_count(self.path, self._f, self.entry_name)
             self._rows = {i + 1: i for i in range(self._n_frames)}

@@ -9,21 +9,20 @@ import pytest
 
 from xrd_nexus_ml.bundle import CARD_FILE, WEIGHTS_FILE, file_sha256
 from xrd_nexus_ml.errors import ModelBundleError
-from xrd_nexus_ml.inference.engine import shipped_model
+from xrd_nexus_ml.bundle import SHIPPED_MODELS_DIR, resolve_bundle
 from xrd_nexus_ml.transitions.models import load_model
 
 
 def _copy(tmp_path):
     folder = tmp_path / "end_to_end"
-    shutil.copytree(shipped_model("transition/end_to_end"), folder)
+    shutil.copytree(resolve_bundle("transition/end_to_end"), folder)
     return folder
 
 
 def test_every_shipped_card_records_its_weights_digest():
-    from xrd_nexus_ml.inference.engine import SHIPPED_MODELS
     from pathlib import Path
 
-    cards = sorted(Path(str(SHIPPED_MODELS)).rglob(CARD_FILE))
+    cards = sorted(SHIPPED_MODELS_DIR.rglob(CARD_FILE))
     assert len(cards) >= 6
     for card in cards:
         assert json.loads(card.read_text())["weights_sha256"] == file_sha256(card.parent / WEIGHTS_FILE), card

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xrd_nexus_ml.cli import main
-from xrd_nexus_ml.demo import example_dir
+from xrd_nexus_ml.patterns_demo import example_dir
 from xrd_nexus_ml.io import read_pattern
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xrd_nexus_ml.cli import main
-from xrd_nexus_ml.demo import example_dir
+from xrd_nexus_ml.patterns_demo import example_dir
 from xrd_nexus_ml.errors import WavelengthError
 from xrd_nexus_ml.pattern import WAVELENGTHS, resolve_wavelength
 

@@ -9,8 +9,9 @@ import pytest
 from xrd_nexus_ml.inference.library import LibraryGate
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram
 from xrd_nexus_ml.preprocess import snip_background
-from xrd_nexus_ml.transitions import CosineBaseline, OnlineChangePoint, phase_fractions, prepare_frames, simulate_ramp
-from xrd_nexus_ml.transitions import frames as transition_frames
+from xrd_nexus_ml.preprocess import prepare_frames
+from xrd_nexus_ml.transitions import CosineBaseline, OnlineChangePoint, phase_fractions, simulate_ramp
+from xrd_nexus_ml.preprocess import frames as transition_frames
 from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 
 

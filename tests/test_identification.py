@@ -224,7 +224,7 @@ def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
 
 
 def test_simulated_mixtures_hold_the_classes_they_name():
-    from xrd_nexus_ml.identification.commands import simulated_mixtures
+    from xrd_nexus_ml.evaluation.identify import simulated_mixtures
 
     library = load_cif_library(REFERENCES)
     patterns, truth = simulated_mixtures(library, n=30, seed=3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from xrd_nexus_ml.identification.commands import resolve_model
+from xrd_nexus_ml.bundle import resolve_bundle
 from xrd_nexus_ml.identification.identifier import Identifier
 from xrd_nexus_ml.identification.library import load_cif_library
 from xrd_nexus_ml.identification.model import IdentificationModel
@@ -23,7 +23,7 @@ from conftest import LMTOF_REFERENCES
 
 @pytest.fixture(scope="module")
 def model() -> IdentificationModel:
-    return IdentificationModel.load(resolve_model("li-mn-ti-o-f"))
+    return IdentificationModel.load(resolve_bundle("li-mn-ti-o-f", task="identification"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from xrd_nexus_ml.inference import Frame, InferenceEngine
 from xrd_nexus_ml.inference.stages import SpaceGroupStage
 from xrd_nexus_ml.spacegroup.model import CRYSTAL_SYSTEMS
 from xrd_nexus_ml.transitions import simulate_ramp
-from xrd_nexus_ml.transitions.frames import prepare_frames
+from xrd_nexus_ml.preprocess import prepare_frames
 
 TRANSITION = 31.3
 

@@ -5,7 +5,7 @@ import json
 import shutil
 import struct
 import sys
-from argparse import Namespace
+from xrd_nexus_ml.cli import main
 from pathlib import Path
 
 import h5py
@@ -17,12 +17,11 @@ import nexus_runs as runs  # noqa: E402
 
 from bluesky_callbacks.nexus_writer import NexusWriter  # noqa: E402
 from nexus_definitions import layout as L  # noqa: E402
-from nexus_definitions.export import ExportError, cmd_export, export_record, validate_record  # noqa: E402
+from nexus_definitions.export import ExportError, export_record, validate_record  # noqa: E402
 from nexus_definitions.reader import read_patterns  # noqa: E402
 from nexus_definitions.validate import (  # noqa: E402
     NS,
     check_nxdl_schema,
-    cmd_nexus_validate,
     load_definition,
     units_match,
     validate_file,
@@ -150,12 +149,12 @@ def test_the_validator_catches_a_broken_file(copy, damage, expected):
 
 
 def test_nexus_validate_command_prints_problems_and_exits_nonzero(copy, capsys):
-    assert cmd_nexus_validate(Namespace(files=[str(copy)], definition=None, json=False, no_pynxtools=True)) == 0
+    assert main(["nexus", "validate", str(copy), "--no-pynxtools"]) == 0
     assert "valid against NXxrd_ml" in capsys.readouterr().out
     with h5py.File(copy, "r+") as f:
         f["entry/instrument/monochromator/energy"].attrs["units"] = "angstrom"
         del f["entry/title"]
-    assert cmd_nexus_validate(Namespace(files=[str(copy)], definition=None, json=True, no_pynxtools=True)) == 1
+    assert main(["nexus", "validate", str(copy), "--no-pynxtools", "--json"]) == 1
     (result,) = json.loads(capsys.readouterr().out)
     assert not result["ok"]
     text = "\n".join(result["errors"])
@@ -191,15 +190,16 @@ def test_export_record_follows_the_shipped_schema(written):
     assert validate_record(without_owner) == ["(record): 'owner' is a required property"]
 
 
-def test_export_command_writes_json_and_never_overwrites(written, tmp_path):
+def test_export_command_writes_json_and_never_overwrites(written, tmp_path, capsys):
     out = tmp_path / "record.json"
-    args = Namespace(file=str(written), out=str(out), entry=None, overwrite=False,
-                     set=["contactEmail=beamline@example.org", 'accessGroups=["p02"]'])
-    assert cmd_export(args) == 0
+    args = ["export", str(written), "--out", str(out), "--set", "contactEmail=beamline@example.org", "--set",
+            'accessGroups=["p02"]']
+    assert main(args) == 0
     record = json.loads(out.read_text())
     assert record["contactEmail"] == "beamline@example.org" and record["accessGroups"] == ["p02"]
-    with pytest.raises(ExportError, match="exists"):
-        cmd_export(args)
+    assert main(args) == 2  # exists: refused, the record untouched
+    assert "exists" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == record
     with pytest.raises(ExportError, match="does not match"):
         export_record(written, overrides={"type": "derived"})
 
@@ -279,7 +279,7 @@ def test_append_predictions_to_another_beamlines_file_touches_nothing(tmp_path):
 
 
 def test_append_frame_predictions_to_a_written_file(copy):
-    from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
+    from xrd_nexus_ml.records import FramePrediction, ModelProvenance
 
     model = ModelProvenance("space_group/resnet@abcdefabcdef", "space_group", "resnet", "0.1.0", "cards/sg.json", "cpu")
     records = [FramePrediction(seq_num=s, phase="B1 (rock salt)", phase_probability=0.8,

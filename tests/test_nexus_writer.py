@@ -283,7 +283,7 @@ def test_a_killed_writer_leaves_every_flushed_frame_readable(tmp_path):
 
 
 def test_prediction_records_match_the_derived_runs_event_keys():
-    from xrd_nexus_ml.inference.records import FramePrediction, event_data_keys
+    from xrd_nexus_ml.records import FramePrediction, event_data_keys
 
     keys = event_data_keys(len(runs.PHASES), runs.TOP_K)
     assert set(runs.prediction_data(0)) == set(keys) == set(FramePrediction(seq_num=1).to_event_data())

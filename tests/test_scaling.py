@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from xrd_nexus_ml.cli import build_parser
 import json
 
 import numpy as np
@@ -11,11 +11,10 @@ import torch
 from pymatgen.core import Element
 
 from xrd_nexus_ml.identification.library import canonical_formula
-from xrd_nexus_ml.identification.scaling import (
+from xrd_nexus_ml.evaluation.scaling import (
     FAMILIES,
     SUBSTITUTION_POOL,
     ScalingModels,
-    add_scaling_parser,
     evaluate_scaling,
     structure_types,
     substituted_library,
@@ -148,9 +147,8 @@ def test_training_learns_something(scaling):
 
 
 def test_command_line_prints_json(capsys):
-    parser = argparse.ArgumentParser()
-    add_scaling_parser(parser.add_subparsers(dest="evaluation"))
-    args = parser.parse_args(["scaling", "--sizes", "6", "--steps", "2", "--batch-size", "4", "--test-patterns",
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "scaling", "--sizes", "6", "--steps", "2", "--batch-size", "4", "--test-patterns",
                               "6", "--json"])
     assert args.sizes == [6]
     assert args.func(args) == 0
@@ -158,4 +156,4 @@ def test_command_line_prints_json(capsys):
     assert [r["model"] for r in out["results"]] == ["flat", "hierarchical", "moe"]
     assert all(r["n_classes"] == 6 for r in out["results"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["scaling", "--sizes", "ten"])
+        parser.parse_args(["evaluate", "scaling", "--sizes", "ten"])

@@ -10,7 +10,7 @@ import pytest
 
 from xrd_nexus_ml.cli import main
 from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
-from xrd_nexus_ml.transitions.series import SeriesError, find_transitions, load_series, read_control_csv
+from xrd_nexus_ml.transition_series import SeriesError, find_transitions, load_series, read_control_csv
 
 TWO_THETA = (10.0, 26.0, 2000)
 

@@ -15,7 +15,7 @@ import spglib
 from xrd_nexus_ml.errors import PatternFileError, WavelengthError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, q_to_two_theta, two_theta_to_q
 from xrd_nexus_ml.physics import symmetry
-from xrd_nexus_ml.spacegroup.evaluation import (
+from xrd_nexus_ml.evaluation.spacegroup_data import (
     EvaluationDataError,
     LabelledStructure,
     parse_space_group,

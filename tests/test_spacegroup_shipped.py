@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from xrd_nexus_ml.cli import main
-from xrd_nexus_ml.demo import example_dir
+from xrd_nexus_ml.patterns_demo import example_dir
 from xrd_nexus_ml.pattern import CANONICAL_GRID, q_to_two_theta
 from xrd_nexus_ml.physics.symmetry import crystal_system
-from xrd_nexus_ml.spacegroup.evaluation import real_structures, simulate_patterns
-from xrd_nexus_ml.spacegroup.model import load_model, shipped_model_dir
+from xrd_nexus_ml.evaluation.spacegroup_data import real_structures, simulate_patterns
+from xrd_nexus_ml.bundle import resolve_bundle
+from xrd_nexus_ml.spacegroup.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def aflow_sample():
 
 
 def test_shipped_bundle_is_small_and_documents_itself(model):
-    size = sum(p.stat().st_size for p in shipped_model_dir().iterdir())
+    size = sum(p.stat().st_size for p in resolve_bundle("spacegroup/default").iterdir())
     assert size < 5_000_000
-    card = json.loads((shipped_model_dir() / "card.json").read_text())
+    card = json.loads((resolve_bundle("spacegroup/default") / "card.json").read_text())
     assert card["training"]["recipe"]["steps"] >= 1000 and "device" in card["training"]
     real = card["metrics"]["real_structures"]
     assert real["n_aflow"] == 288 and real["imperfect"]["n_patterns"] == 288 + real["n_pyxtal"]

@@ -1,6 +1,5 @@
 """Adaptive steering of a pressure ramp: the policy, the Bluesky plans, the evaluation."""
 
-import argparse
 import json
 import math
 import queue
@@ -26,7 +25,11 @@ from xrd_nexus_ml.steering import (
     SteeringPolicy,
     SteeringResult,
 )
-from xrd_nexus_ml.steering_eval import add_steering_parser, cmd_evaluate_steering, evaluate_steering, shipped_model
+from xrd_nexus_ml.bundle import resolve_bundle
+from xrd_nexus_ml.cli import build_parser
+from xrd_nexus_ml.cli.transitions import cmd_evaluate_steering
+from xrd_nexus_ml.evaluation.steering import evaluate_steering
+from xrd_nexus_ml.transitions import load_model
 from xrd_nexus_ml.transitions import OnlineChangePoint, TransitionTracker, phase_fractions, simulate_ramp
 
 
@@ -133,7 +136,7 @@ TRUTH, WIDTH, PRECISION = 31.7, 1.5, 0.5
 
 @pytest.fixture(scope="module")
 def model():
-    return shipped_model("end_to_end")
+    return load_model(resolve_bundle("transition/end_to_end"))
 
 
 @pytest.fixture()
@@ -260,9 +263,7 @@ def test_evaluate_steering_reports_both_arms_honestly():
 
 
 def test_cli_helper_registers_evaluate_steering(capsys):
-    parser = argparse.ArgumentParser()
-    add_steering_parser(parser.add_subparsers(dest="evaluation"))
-    args = parser.parse_args(["steering", "--json", "--ramps", "1", "--precision", "1.0", "--fast"])
+    args = build_parser().parse_args(["evaluate", "steering", "--json", "--ramps", "1", "--precision", "1.0", "--fast"])
     assert args.n_ramps == 1 and args.precision == 1.0
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)

@@ -9,6 +9,7 @@ from scipy.signal import find_peaks
 
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, energy_to_wavelength
 from xrd_nexus_ml.physics import PowderSimulator
+from xrd_nexus_ml.preprocess import prepare_frames
 from xrd_nexus_ml.transitions import (
     FERROPERICLASE_MW80,
     PHASES,
@@ -23,7 +24,6 @@ from xrd_nexus_ml.transitions import (
     believability,
     load_model,
     phase_fractions,
-    prepare_frames,
     rhombohedral_angle,
     simulate_ramp,
     simulate_training_set,
@@ -339,7 +339,7 @@ def test_cli_has_the_transition_commands(monkeypatch, capsys):
     assert (args.n_ramps, args.seed, args.json) == (3, 2, True)
     args = cli.build_parser().parse_args(["train", "transition", "--out", "somewhere"])
     assert args.out == "somewhere"
-    import xrd_nexus_ml.transitions.evaluate as ev
+    import xrd_nexus_ml.evaluation.transitions as ev
 
     fake = {"models": {"end_to_end": {"frame_accuracy": 1.0, "transition_error_steps": 0.5, "frames_to_settle": 3}},
             "n_ramps": 3}

@@ -33,13 +33,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from training.loop import ReplayBuffer, gradient_step, warmup_cosine
 
-from xrd_nexus_ml.identification.library import PhaseLibrary, split_by_structure
+from xrd_nexus_ml.identification.library import PhaseLibrary, default_library, load_cif_library, split_by_structure
 from xrd_nexus_ml.identification.model import IdentificationModel, phase_record
 from xrd_nexus_ml.identification.stream import PeakCache, library_stream
 from xrd_nexus_ml.models import build_moe
 from xrd_nexus_ml.models.moe import default_expert_config, default_trunk_config
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import PowderSimulator
+from xrd_nexus_ml.models import RegNetConfig
 
 
 @dataclass
@@ -261,6 +262,24 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
 
 
 def _config(d: dict):
-    from xrd_nexus_ml.models import RegNetConfig
-
     return RegNetConfig.from_dict(d)
+
+
+def build_library_model(cif_dir, out, steps: int = 1500, seed: int = 0, progress: bool = True,
+                        resume: bool = True) -> dict:
+    """`library build`: a model for every CIF in `cif_dir`, saved under `out`; its summary."""
+    library = load_cif_library(cif_dir)
+    model = build_model(library, out, BuildConfig(steps=steps, seed=seed), progress=progress, resume=resume)
+    return {"out": str(out), "n_phases": len(library), "n_classes": len(model.classes),
+            "n_experts": len(model.plan.elements), "experts": list(model.plan.elements),
+            "duplicates_removed": library.duplicates, "n_parameters": model.n_parameters, "metrics": model.metrics,
+            "seconds": model.training["seconds"]}
+
+
+def train_default_model(out, steps: int = 6000, seed: int = 0, progress: bool = True, resume: bool = True) -> dict:
+    """The shipped default: pymatgen's AFLOW prototypes + pyFAI's calibrants (`default_library`)."""
+    library = default_library()
+    model = build_model(library, out, BuildConfig(steps=steps, seed=seed), progress=progress, resume=resume)
+    return {"out": str(out), "n_phases": len(library), "n_classes": len(model.classes),
+            "n_experts": len(model.plan.elements), "n_parameters": model.n_parameters, "metrics": model.metrics,
+            "seconds": model.training["seconds"]}

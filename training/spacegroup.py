@@ -41,8 +41,13 @@ from training.loop import ReplayBuffer, gradient_step, warmup_cosine
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
 from xrd_nexus_ml.pattern import CANONICAL_GRID
-from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, head_sizes, model_input, targets_from_space_groups
+from xrd_nexus_ml.device import describe_device, resolve_device
+from xrd_nexus_ml.spacegroup.model import (SpaceGroupModel, head_sizes, model_input, targets_from_space_groups,
+                                          true_class_ranks)
 from xrd_nexus_ml.spacegroup.negatives import non_crystal_patterns
+from training.streams import PatternStream, SyntheticSource
+from xrd_nexus_ml.physics.augment import default_pipeline
+from training.ray_feed import RayBatchFeed
 
 HEADS = ("space_group", "extinction_group", "crystal_system")
 
@@ -127,9 +132,6 @@ def load_config(path=None, **overrides) -> TrainConfig:
 # -- data ------------------------------------------------------------------------------------
 def synthetic_stream(generator_options: dict, batch_size: int, wavelength: str, seed: int):
     """The endless `PatternStream` of augmented synthetic crystals every path trains on."""
-    from training.streams import PatternStream, SyntheticSource
-    from xrd_nexus_ml.physics.augment import default_pipeline
-
     return PatternStream(SyntheticSource(generator_options), batch_size=batch_size,
                          augment=default_pipeline("measured"), wavelength=wavelength, seed=seed)
 
@@ -145,8 +147,6 @@ class _Source:
     def __init__(self, config: TrainConfig, seed: int):
         self.feed = None
         if config.ray_address:
-            from training.ray_feed import RayBatchFeed
-
             make = functools.partial(synthetic_batches, config.generator_options(), config.batch_size,
                                      config.wavelength, seed)
             self.feed = RayBatchFeed(make, n_actors=config.ray_actors, address=config.ray_address)
@@ -211,8 +211,6 @@ def _draw_fixed(config: TrainConfig, n: int, seed: int) -> tuple[torch.Tensor, t
 
 def _topk(probs: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Top-k accuracy by the evaluation's rule (a tie counts against the model)."""
-    from xrd_nexus_ml.spacegroup.evaluation import true_class_ranks
-
     return float(np.mean(true_class_ranks(probs, truth) < k)) if len(truth) else float("nan")
 
 
@@ -250,16 +248,6 @@ def calibrate(model: SpaceGroupModel, inputs: torch.Tensor, labels: torch.Tensor
 
 
 # -- the run ---------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        from xrd_nexus_ml.physics.simulator import default_device
-
-        return default_device()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingConfigError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
 def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, device) under torchrun (WORLD_SIZE set); (0, 1, device) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -277,14 +265,16 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
 
 
 def train_model(out, config: TrainConfig | None = None, progress: bool = True, resume: bool = True,
-                stop_after: int | None = None):
+                stop_after: int | None = None, final_evaluation=None):
     """Train, calibrate and (on rank 0) save a space-group model under `out`; returns it on rank 0.
 
     stop_after: train at most this many steps in this call, checkpoint and return None (a job
-    with a wall-time limit calls again to resume)."""
+    with a wall-time limit calls again to resume). final_evaluation: `f(model, seed=...) -> dict`
+    stored as the card's `real_structures` metrics when `config.evaluate_real` (the command line
+    passes `evaluation.spacegroup.evaluate_real_structures`; training does not import evaluations)."""
     config = config or TrainConfig()
     started = time.perf_counter()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     rank, world, device = _distributed(device)
     if config.workers and device.type == "cpu" and not config.ray_address:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world - config.workers))
@@ -378,15 +368,14 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
         "fresh_crystals_seen": int(step * config.batch_size * world), "resumed_from_step": resumed_from,
         "loss_history": history,
         "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": describe_device(device),
         "world_size": world, "torch_threads": torch.get_num_threads(),
     }
     model.save(out)
     ckpt.unlink(missing_ok=True)
-    if config.evaluate_real:  # after the first save: the trained model is never lost to an evaluation error
-        from xrd_nexus_ml.spacegroup.commands import evaluate_real_structures
-
-        model.metrics["real_structures"] = evaluate_real_structures(model, seed=config.seed)
+    if config.evaluate_real and final_evaluation is not None:
+        # after the first save: the trained model is never lost to an evaluation error
+        model.metrics["real_structures"] = final_evaluation(model, seed=config.seed)
         model.save(out)
     if world > 1:
         import torch.distributed as dist

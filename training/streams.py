@@ -21,6 +21,8 @@ from xrd_nexus_ml.pattern import CANONICAL_GRID, QGrid
 from xrd_nexus_ml.physics.crystal import CrystalArrays, as_crystal_arrays
 from xrd_nexus_ml.physics.profiles import PeakProfile
 from xrd_nexus_ml.physics.simulator import PowderSimulator
+from xrd_nexus_ml.physics.symmetry import crystal_system_index
+from xrd_nexus_ml.physics.synthetic import RandomCrystalGenerator
 
 
 class StructureSource:
@@ -55,9 +57,6 @@ class SyntheticSource(StructureSource):
     generator_options: dict | None = None
 
     def draw(self, rng, n):
-        from xrd_nexus_ml.physics.symmetry import crystal_system_index
-        from xrd_nexus_ml.physics.synthetic import RandomCrystalGenerator
-
         generator = RandomCrystalGenerator(seed=int(rng.integers(2**63)), **(self.generator_options or {}))
         crystals = [generator.sample() for _ in range(n)]
         labels = {

@@ -13,9 +13,7 @@ training-set recipe, per-model training metrics).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import numpy as np
 
 from xrd_nexus_ml.transitions.models import train_models
 from xrd_nexus_ml.transitions.ramp import simulate_training_set
+from xrd_nexus_ml.transitions.materials import Material, simulate_material_ramp
+from xrd_nexus_ml.transitions.ramp import Instrument, RampError
 
 
 def train_transition(out: Path, seed: int = 0, fast: bool = False) -> dict:
@@ -64,9 +64,6 @@ def train_transition_models(phases: list, transitions: list[float] | None = None
                             two_theta: tuple[float, float, int] = (10.0, 26.0, 4023), coexistence: float = 1.0,
                             seed: int = 0, fast: bool = False) -> tuple[dict, object]:
     """The models (binned vote, end-to-end, cosine baseline) of a user's phases and their training set."""
-    from xrd_nexus_ml.transitions.materials import Material, simulate_material_ramp
-    from xrd_nexus_ml.transitions.ramp import Instrument, RampError
-
     if len(phases) < 2:
         raise RampError("a transition model needs at least two --phase")
     n_b = len(phases) - 1
@@ -116,52 +113,3 @@ def train_transition_from_cifs(out: Path, phases: list, transitions: list[float]
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
-
-def cmd_train_transition(args) -> int:
-    """The CLI command (`xrd-nexus-ml train transition`)."""
-    if getattr(args, "phase", None):
-        from xrd_nexus_ml.transitions.materials import phase_from_cif
-        from xrd_nexus_ml.transitions.ramp import BirchMurnaghan3, RampError
-
-        eos = list(args.eos or [])
-        if eos and len(eos) != len(args.phase):
-            raise RampError(f"--eos needs one 'V0,K0,K0p' per --phase ({len(args.phase)}), got {len(eos)}")
-        phases = []
-        for i, cif in enumerate(args.phase):
-            given = None
-            if eos:
-                try:
-                    v0, k0, k0p = (float(v) for v in eos[i].split(","))
-                except ValueError:
-                    raise RampError(f"--eos {eos[i]!r}: expected V0,K0,K0p (Å^3 of the CIF cell or per formula "
-                                    "unit, GPa, dimensionless)") from None
-                given = BirchMurnaghan3(v0, k0, k0p, source="--eos")
-            phases.append(phase_from_cif(cif, eos=given))
-        summary = train_transition_from_cifs(Path(args.out), phases, transitions=args.transition,
-                                             pressure_range=tuple(args.pressure_range) if args.pressure_range else None,
-                                             energy_kev=args.energy, two_theta=(args.two_theta[0], args.two_theta[1],
-                                                                                int(args.two_theta[2])),
-                                             seed=args.seed, fast=args.fast)
-    else:
-        summary = train_transition(Path(args.out), seed=args.seed, fast=args.fast)
-    if getattr(args, "json", False):
-        print(json.dumps(summary, indent=2, default=float))
-        return 0
-    for name, info in summary["models"].items():
-        print(f"{name:<16} {info['bytes'] / 1024:7.1f} KB  {info['path']}")
-    print(f"trained on {summary['training_set']['n_patterns']} patterns {summary['training_set']['kinds']} "
-          f"in {summary['seconds']} s; summary: {Path(summary['out']) / 'summary.json'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="train the phase-transition models and write their bundles")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fast", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    return cmd_train_transition(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

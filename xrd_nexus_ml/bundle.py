@@ -23,6 +23,36 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.safetensors"
+#: The bundles shipped inside the package, by task: `<task>/<name>/` (see `shipped_models`).
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+#: A task's shipped model when a command or function is given "default" or nothing.
+DEFAULT_NAMES = {"identification": "default", "spacegroup": "default", "transition": "end_to_end"}
+
+
+def shipped_models() -> list[str]:
+    """The registry names of the shipped bundles, e.g. "identification/default"."""
+    return sorted(f"{card.parent.parent.name}/{card.parent.name}" for card in SHIPPED_MODELS_DIR.glob(f"*/*/{CARD_FILE}"))
+
+
+def resolve_bundle(name_or_path: str | Path | None, task: str | None = None) -> Path:
+    """The folder of a model bundle: a folder holding a card, a registry name ("spacegroup/default"),
+    or, with `task`, a shipped name of that task ("default", "end_to_end"; None means the task's
+    default). The one resolver of model names in the package; ModelBundleError lists what is shipped."""
+    if name_or_path is None or str(name_or_path) == "":
+        if task is None:
+            raise ModelBundleError("no model given and no task to take the default of")
+        name_or_path = DEFAULT_NAMES[task]
+    path = Path(name_or_path)
+    if (path / CARD_FILE).is_file():
+        return path
+    text = str(name_or_path)
+    candidates = [SHIPPED_MODELS_DIR / text] + ([SHIPPED_MODELS_DIR / task / text] if task else [])
+    for folder in candidates:
+        if (folder / CARD_FILE).is_file():
+            return folder
+    names = [n for n in shipped_models() if task is None or n.startswith(f"{task}/")]
+    raise ModelBundleError(f"{name_or_path}: neither a model bundle folder ({CARD_FILE} + {WEIGHTS_FILE}) nor a "
+                           f"shipped model name (shipped: {', '.join(names) or 'none'})")
 
 
 def software_versions() -> dict:

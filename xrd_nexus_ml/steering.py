@@ -1,7 +1,7 @@
 """Steer a pressure ramp to a phase transition: where to measure next, and when to stop.
 
 The science of adaptive steering, with no Bluesky in it (the plans in `bluesky_callbacks.plans`
-and the evaluation in `steering_eval` both drive this one policy). A `SteeringPolicy` looks at
+and the evaluation in `evaluation.steering` both drive this one policy). A `SteeringPolicy` looks at
 what the scan has learned so far, a `SteeringHistory` (every frame's pressure and its
 classifier probability of the phase above the boundary, plus the online change point's
 transition estimate: posterior mean, standard deviation, 95 % credible interval), and returns

@@ -52,7 +52,8 @@ import scipy.fft
 import torch
 
 from xrd_nexus_ml.identification.model import IdentificationModel
-from xrd_nexus_ml.preprocess import model_input
+from xrd_nexus_ml.preprocess.background import model_input
+from xrd_nexus_ml.preprocess.frames import prepare_frames
 
 #: Peak widths (FWHM in Å^-1) tried when a reference is fitted to a measured pattern.
 FIT_WIDTHS_Q = (0.005, 0.01, 0.02, 0.04)
@@ -340,8 +341,6 @@ class Identifier:
     # -- the whole call ----------------------------------------------------------------------
     def identify(self, patterns, elements=None, sources=None) -> list[Identification]:
         """One `Identification` per pattern (`Diffractogram`s or arrays on the model grid)."""
-        from xrd_nexus_ml.transitions.frames import prepare_frames
-
         started = time.perf_counter()
         prepared = prepare_frames(patterns, grid=self.model.grid)
         n = len(prepared)

@@ -27,6 +27,8 @@ import numpy as np
 from pymatgen.core import Composition, Element, Structure
 
 from xrd_nexus_ml.errors import StructureError, XrdNexusMlError
+from xrd_nexus_ml.io.readers import read_structure
+from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +487,6 @@ def load_cif_library(cif_dir: PathLike, deduplicate: bool = True) -> PhaseLibrar
     label rounds it, see `canonical_formula`). With `deduplicate`, identical structures under
     different names are dropped but the first by file name (see `library_from_structures`).
     """
-    from xrd_nexus_ml.io.readers import read_structure
-
     files = cif_files(cif_dir)
     items = []
     stems: dict[str, Path] = {}
@@ -542,8 +542,6 @@ def default_library(deduplicate: bool = True) -> PhaseLibrary:
     Prototype names are 'aflow:<label>:<formula>' (a label alone repeats: AB_oP8_62_c_c is the
     prototype of four compounds); their source is 'aflow:<label>'.
     """
-    from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure
-
     items: list[tuple[str, Structure, str]] = [(n, calibrant_structure(n), f"calibrant:{n}") for n in CALIBRANTS]
     for label, structure in aflow_prototypes():
         items.append((f"aflow:{label}:{canonical_formula(structure)}", structure, f"aflow:{label}"))

@@ -26,6 +26,8 @@ from xrd_nexus_ml.identification.library import ExpertPlan, LibraryError, canoni
 from xrd_nexus_ml.models import RegNetConfig, build_moe
 from xrd_nexus_ml.models.moe import MixtureOfExperts
 from xrd_nexus_ml.pattern import QGrid
+from xrd_nexus_ml.identification.library import formula_elements
+from xrd_nexus_ml.identification.library import _check_elements
 
 KIND = "identification-moe"
 CARD_VERSION = 1
@@ -54,8 +56,6 @@ class IdentificationModel:
 
     # -- what a user may restrict ------------------------------------------------------------
     def class_elements(self) -> list[frozenset[str]]:
-        from xrd_nexus_ml.identification.library import formula_elements
-
         return [frozenset(formula_elements(c)) for c in self.classes]
 
     def restriction(self, elements=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -66,7 +66,6 @@ class IdentificationModel:
         if not elements:
             return None, None
         given = {str(e).strip() for e in elements if str(e).strip()}
-        from xrd_nexus_ml.identification.library import _check_elements
 
         _check_elements(given)
         classes = torch.tensor([els <= given for els in self.class_elements()], dtype=torch.bool)

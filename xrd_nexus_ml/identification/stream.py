@@ -15,7 +15,7 @@ approximation that is adequate for augmentation).
 `prepare_inputs` turns patterns into model input: smooth background removed by SNIP over the
 measured span (outside it the pattern is held at its edge values, so SNIP sees no step), then
 max-normalised, then square-rooted (weak peaks carry the identity of minor phases). Measured
-patterns go through `transitions.frames.prepare_frames` (the same SNIP width) and then
+patterns go through `preprocess.prepare_frames` (the same SNIP width) and then
 `model_input`, so training and measurement see the same transformation.
 """
 
@@ -45,8 +45,8 @@ from xrd_nexus_ml.physics.augment import (
 )
 from xrd_nexus_ml.physics.profiles import render
 from xrd_nexus_ml.physics.simulator import SimulatedBatch
-from xrd_nexus_ml.preprocess import model_input, snip_background
-from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q  # the SNIP window of training and inference
+from xrd_nexus_ml.preprocess.background import model_input, snip_background
+from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q  # the SNIP window of training and inference
 #: λ(Kα2)/λ(Kα1) of a copper tube: a Kα2 line sits at q × this ratio on the Kα1 q axis.
 CU_KALPHA2_RATIO = 1.54439 / 1.54056
 

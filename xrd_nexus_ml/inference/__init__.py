@@ -8,11 +8,9 @@ from xrd_nexus_ml.inference.engine import (
     Frame,
     InferenceEngine,
     RunClassifier,
-    resolve_device,
-    shipped_model,
 )
 from xrd_nexus_ml.inference.library import LibraryGate
-from xrd_nexus_ml.inference.records import FLAGS, FramePrediction, ModelProvenance, event_data_keys
+from xrd_nexus_ml.records import FLAGS, FramePrediction, ModelProvenance, event_data_keys
 
 __all__ = [
     "FLAGS",
@@ -23,6 +21,4 @@ __all__ = [
     "ModelProvenance",
     "RunClassifier",
     "event_data_keys",
-    "resolve_device",
-    "shipped_model",
 ]

@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from importlib.resources import files
 from pathlib import Path
 from typing import Sequence
 
@@ -22,47 +21,31 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml import __version__
-from xrd_nexus_ml.bundle import weights_digest
+from xrd_nexus_ml.bundle import resolve_bundle, weights_digest
 from xrd_nexus_ml.errors import PatternError
+from xrd_nexus_ml.device import resolve_device
+from xrd_nexus_ml.identification.identifier import Identifier
+from xrd_nexus_ml.identification.model import KIND as IDENTIFICATION_KIND
 from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
-from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
+from xrd_nexus_ml.records import FramePrediction, ModelProvenance
 from xrd_nexus_ml.inference.stages import IdentificationStage, SpaceGroupStage
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
 from xrd_nexus_ml.transitions.detector import ASSEMBLAGE_NAMES, AssemblageDetector, DetectorSettings
 from xrd_nexus_ml.transitions.detector import KIND as DETECTOR_KIND
-from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q, prepare_frames
+from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, prepare_frames
+from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
+from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup
 from xrd_nexus_ml.transitions.models import load_model
 
 log = logging.getLogger(__name__)
 
-#: Bundles shipped in the package (see README "Models shipped"; rebuilt by `xrd-nexus-ml train transition`).
-SHIPPED_MODELS = files("xrd_nexus_ml") / "data" / "models"
 DEFAULT_PHASE_MODEL = "transition/end_to_end"
 DEFAULT_GATE_MODEL = "transition/cosine_baseline"
 #: `--transition-model auto`: the training-free detector (`transitions.detector`), for any sample.
 AUTO = "auto"
 #: The phase names of a run classified with no transition model ("none").
 NO_PHASE_NAMES = ("not classified",)
-
-
-def shipped_model(name: str) -> Path:
-    """Folder of a bundle shipped with the package, e.g. `shipped_model("transition/end_to_end")`."""
-    return Path(str(SHIPPED_MODELS / name))
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto"/None: `TORCH_DEVICE`, else CUDA when present, else CPU; a CUDA request without CUDA
-    falls back to the CPU with a warning instead of failing the scan."""
-    from xrd_nexus_ml.physics.simulator import default_device
-
-    if device is None or str(device) == "auto":
-        return default_device()
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        log.warning("device %s asked for but CUDA is not available: running on the CPU", device)
-        return torch.device("cpu")
-    return device
 
 
 @dataclass
@@ -159,10 +142,6 @@ class InferenceEngine:
         spacegroup_model, identification_model = (
             None if m is None or str(m).lower() == "none" else m for m in (spacegroup_model, identification_model))
 
-        def folder(name) -> Path:
-            path = Path(name)
-            return path if path.is_dir() else shipped_model(str(name))
-
         choice = str(phase_model).lower() if phase_model is not None else "none"
         if choice == "default":
             phase_model = DEFAULT_PHASE_MODEL
@@ -176,7 +155,7 @@ class InferenceEngine:
                     settings=json.dumps(DetectorSettings().to_dict(), sort_keys=True)))
             gate_model = None
         else:
-            phase_dir = folder(phase_model)
+            phase_dir = resolve_bundle(phase_model, task="transition")
             model = load_model(phase_dir)
             if gate_model == DEFAULT_GATE_MODEL and Path(str(phase_model)).is_dir():
                 # a model of the user's phases (`train transition --phase`): its own open-set check
@@ -185,7 +164,7 @@ class InferenceEngine:
             provenance.append(_provenance("phase_classification", model.kind, phase_dir / "card.json",
                                           torch.device("cpu")))
         if gate_model is not None:
-            gate_dir = folder(gate_model)
+            gate_dir = resolve_bundle(gate_model, task="transition")
             references = load_model(gate_dir)
             if tuple(references.phase_names) != tuple(model.phase_names):
                 raise ValueError(f"{gate_dir / 'card.json'}: phases {references.phase_names} differ from the phase "
@@ -194,17 +173,11 @@ class InferenceEngine:
             provenance.append(_provenance("open_set", references.kind, gate_dir / "card.json", torch.device("cpu")))
         stages = []
         if spacegroup_model is not None:
-            from xrd_nexus_ml.spacegroup.model import KIND, load_model as load_spacegroup
-
             symmetry = load_spacegroup(spacegroup_model, resolved)
             stages.append(SpaceGroupStage(symmetry))
-            provenance.append(_provenance("space_group", KIND, Path(symmetry.source) / "card.json", resolved))
+            provenance.append(_provenance("space_group", SPACEGROUP_KIND, Path(symmetry.source) / "card.json", resolved))
         if identification_model is not None:
-            from xrd_nexus_ml.identification.commands import resolve_model
-            from xrd_nexus_ml.identification.identifier import Identifier
-            from xrd_nexus_ml.identification.model import KIND as IDENTIFICATION_KIND
-
-            identification_dir = resolve_model(str(identification_model))
+            identification_dir = resolve_bundle(str(identification_model), task="identification")
             stages.append(IdentificationStage(Identifier.from_bundle(identification_dir,
                                                                      **(identification_options or {}))))
             provenance.append(_provenance("material_identification", IDENTIFICATION_KIND,

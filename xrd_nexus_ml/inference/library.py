@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from xrd_nexus_ml.transitions.alignment import CompressionAlignment
-from xrd_nexus_ml.transitions.frames import PreparedFrames
+from xrd_nexus_ml.preprocess.frames import PreparedFrames
 
 DEFAULT_THRESHOLD = 0.82
 

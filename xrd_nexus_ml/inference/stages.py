@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.pattern import QGrid
-from xrd_nexus_ml.preprocess import model_input
-from xrd_nexus_ml.transitions.frames import SNIP_WIDTH_Q, PreparedFrames
+from xrd_nexus_ml.preprocess.background import model_input
+from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, PreparedFrames
+from xrd_nexus_ml.identification.library import LibraryError
 
 
 @dataclass
@@ -70,8 +71,6 @@ class IdentificationStage:
 
     def check_elements(self, elements: Sequence[str] | None) -> str | None:
         """None when the library holds a class within `elements`, else why not (logged once per run)."""
-        from xrd_nexus_ml.identification.library import LibraryError
-
         try:
             self.identifier.model.restriction(elements)
         except LibraryError as err:
@@ -79,8 +78,6 @@ class IdentificationStage:
         return None
 
     def fields(self, prepared: PreparedFrames, elements=None) -> list[dict]:
-        from xrd_nexus_ml.identification.library import LibraryError
-
         out: list[dict] = [{} for _ in range(len(prepared))]
         if not prepared.ok.any():
             return out

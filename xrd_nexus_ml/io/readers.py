@@ -41,7 +41,7 @@ PathLike = str | os.PathLike[str]
 TEXT_SUFFIXES = (".xy", ".xye", ".txt", ".csv", ".dat")
 XRDML_SUFFIXES = (".xrdml",)
 NPY_SUFFIXES = (".npy",)
-NEXUS_SUFFIXES = (".nxs", ".nx", ".h5", ".hdf5", ".hdf")
+NEXUS_SUFFIXES = (".nxs", ".nx", ".h5", ".hdf5", ".nx5", ".hdf")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + XRDML_SUFFIXES + NPY_SUFFIXES + NEXUS_SUFFIXES
 
 

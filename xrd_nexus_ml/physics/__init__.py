@@ -3,7 +3,7 @@
 from xrd_nexus_ml.physics.crystal import CrystalArrays, CrystalBatch
 from xrd_nexus_ml.physics.peaks import PeakList
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid, RenderSettings, render
-from xrd_nexus_ml.physics.simulator import PowderSimulator, SimulatedBatch, default_device
+from xrd_nexus_ml.physics.simulator import PowderSimulator, SimulatedBatch
 
 __all__ = [
     "CrystalArrays",
@@ -14,6 +14,5 @@ __all__ = [
     "RenderGrid",
     "RenderSettings",
     "SimulatedBatch",
-    "default_device",
     "render",
 ]

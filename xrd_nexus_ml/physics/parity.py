@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from xrd_nexus_ml.physics.simulator import PowderSimulator
+from xrd_nexus_ml.references import CALIBRANTS, calibrant_structure
 
 #: Peaks closer than this (degrees 2θ) are one peak for comparison: no instrument resolves them.
 RESOLUTION_DEG = 0.005
@@ -123,8 +124,6 @@ def compare_with_calibrant(name: str, wavelength: float = 1.54056, two_theta_max
     relative d mismatch and the lines without partner.
     """
     from pyFAI.calibrant import get_calibrant
-
-    from xrd_nexus_ml.references import CALIBRANTS, calibrant_structure
 
     listed = np.asarray(get_calibrant(CALIBRANTS[name].pyfai_name).dspacing, dtype=float)
     d_min = wavelength / (2 * math.sin(math.radians(two_theta_max / 2)))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from xrd_nexus_ml.device import resolve_device
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid, resolve_wavelength
 from xrd_nexus_ml.physics.crystal import CrystalArrays, CrystalBatch, as_crystal_arrays
 from xrd_nexus_ml.physics.diffraction import reflection_intensities
@@ -24,16 +25,6 @@ from xrd_nexus_ml.physics.peaks import PeakList
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid, RenderSettings, render
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    """`TORCH_DEVICE` if set, else CUDA when present, else CPU."""
-    import os
-
-    name = os.environ.get("TORCH_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -68,7 +59,7 @@ class PowderSimulator:
         self.wavelength = resolve_wavelength(self.wavelength)
         if isinstance(self.grid, QGrid):
             self.grid = RenderGrid.from_qgrid(self.grid)
-        self.device = torch.device(self.device) if self.device is not None else default_device()
+        self.device = torch.device(self.device) if self.device is not None else resolve_device("auto")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             log.warning("CUDA requested but not available; simulating on the CPU")
             self.device = torch.device("cpu")

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrd_nexus_ml.bundle import WEIGHTS_FILE, load_state, read_bundle, software_versions, weights_digest, write_bundle
+from xrd_nexus_ml.bundle import (WEIGHTS_FILE, load_state, read_bundle, resolve_bundle, software_versions, weights_digest,
+                                  write_bundle)
 from xrd_nexus_ml import preprocess
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
@@ -171,17 +172,25 @@ class SpaceGroupModel:
         return model
 
 
-def shipped_model_dir() -> Path:
-    """The default bundle inside the package."""
-    return Path(__file__).resolve().parent.parent / "data" / "models" / "spacegroup" / "default"
-
-
 def load_model(path_or_name: str | Path | None = None, device: str | torch.device = "cpu") -> SpaceGroupModel:
-    """A bundle folder, or None/"default" for the shipped model."""
-    if path_or_name in (None, "default"):
-        path = shipped_model_dir()
-        if not (path / WEIGHTS_FILE).is_file():
-            raise ModelBundleError(f"{path}: the shipped space-group model is missing; rebuild it with "
-                                   "`xrd-nexus-ml train spacegroup --out " + str(path) + "`")
-        return SpaceGroupModel.load(path, device)
-    return SpaceGroupModel.load(path_or_name, device)
+    """A bundle folder, or None/"default"/"spacegroup/default" for the shipped model."""
+    return SpaceGroupModel.load(resolve_bundle(path_or_name, task="spacegroup"), device)
+
+
+def true_class_ranks(probabilities: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """0-based rank of the true class in each row; a tie counts against the model.
+
+    Ranking by classes scoring at least as high as the truth means a flat output (all classes
+    equal, as a model should give for a non-crystal) ranks last, not first.
+    """
+    rows = np.arange(len(truth))
+    p_true = probabilities[rows, truth][:, None]
+    return (probabilities >= p_true).sum(axis=1) - 1
+
+
+def predict_patterns(patterns, model: SpaceGroupModel, top_k: int = 5):
+    """One `SpaceGroupPrediction` per measured `Diffractogram`, resampled onto the model's grid."""
+    grid = [p.resample(model.grid) for p in patterns]
+    intensity = np.stack([g.intensity for g in grid]) if grid else np.zeros((0, model.grid.n_points), np.float32)
+    mask = np.stack([g.mask for g in grid]) if grid else np.zeros((0, model.grid.n_points), bool)
+    return model.predict(intensity, mask, top_k=top_k)

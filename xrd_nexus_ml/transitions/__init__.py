@@ -4,7 +4,8 @@ pattern -> model -> record: `ramp` simulates (Mg0.2Fe0.8)O through its cubic -> 
 transition (and the seed's training regime); `models` classifies each frame (the seed's binned
 vote, an end-to-end network, a cosine baseline; bundles in safetensors + JSON); `changepoint`
 turns per-frame phase probabilities into transition-pressure estimates with uncertainties as
-frames arrive; `evaluate` measures it all on fresh ramps.
+frames arrive; `detector` finds transitions without training, on any sample; `materials` holds
+literature phases and their ramps. `xrd_nexus_ml.evaluation` measures it all on fresh ramps.
 """
 
 from xrd_nexus_ml.transitions.changepoint import (
@@ -13,7 +14,6 @@ from xrd_nexus_ml.transitions.changepoint import (
     OnlineChangePoint,
     TransitionTracker,
 )
-from xrd_nexus_ml.transitions.frames import PreparedFrames, prepare_frames
 from xrd_nexus_ml.transitions.models import (
     MODELS,
     BinnedVoteClassifier,
@@ -60,7 +60,6 @@ __all__ = [
     "ModelBundleError",
     "OnlineChangePoint",
     "Phase",
-    "PreparedFrames",
     "Ramp",
     "RampError",
     "TrainingSet",
@@ -68,7 +67,6 @@ __all__ = [
     "believability",
     "load_model",
     "phase_fractions",
-    "prepare_frames",
     "rhombohedral_angle",
     "seed_pressures",
     "simulate_ramp",

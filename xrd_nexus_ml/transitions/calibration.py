@@ -22,7 +22,10 @@ import math
 
 import numpy as np
 
-#: Added to the seed of `evaluate.ramp_configs`: calibration ramps never coincide with evaluation ramps.
+from xrd_nexus_ml.transitions.changepoint import TransitionTracker
+from xrd_nexus_ml.transitions.ramp import evaluation_ramp_configs, seed_pressures, simulate_ramp
+
+#: Added to the seed of `ramp.evaluation_ramp_configs`: calibration ramps never coincide with evaluation ramps.
 CALIBRATION_SEED_OFFSET = 7_000
 
 
@@ -31,12 +34,8 @@ def changepoint_calibration(model, n_ramps: int = 6, seed: int = 0, ramp_factory
 
     ramp_factory(k, seed): the k-th calibration ramp (a `ramp.Ramp`) for phases that are not the
     seed's (a model trained from a user's CIFs); default: (Mg,Fe)O ramps like the evaluation's."""
-    from xrd_nexus_ml.transitions.changepoint import TransitionTracker
-    from xrd_nexus_ml.transitions.evaluate import ramp_configs
-    from xrd_nexus_ml.transitions.ramp import seed_pressures, simulate_ramp
-
     errors, sigmas = [], []
-    for k, config in enumerate(ramp_configs(n_ramps, CALIBRATION_SEED_OFFSET + seed)):
+    for k, config in enumerate(evaluation_ramp_configs(n_ramps, CALIBRATION_SEED_OFFSET + seed)):
         if ramp_factory is not None:
             ramp = ramp_factory(k, CALIBRATION_SEED_OFFSET + seed + k)
         else:

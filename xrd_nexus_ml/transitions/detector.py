@@ -35,7 +35,7 @@ Frames out of control order (a steered scan bisecting a bracket) do not move the
 are scored against the assemblage(s) on either side of their control value and only add
 evidence. A scan that turns back (decompression) is split into legs by `detect_series`.
 Tuned (threshold, confirm, the systematic term) on the materials of
-`transitions.evaluate_materials.TUNING_MATERIALS` only; see the README for the held-out scores.
+`evaluation.transition_materials.TUNING_MATERIALS` only; see the README for the held-out scores.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from scipy.signal import find_peaks
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import Diffractogram, QGrid, two_theta_to_q
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, FrameRecord, OnlineChangePoint
-from xrd_nexus_ml.transitions.frames import prepare_frames
+from xrd_nexus_ml.preprocess.frames import prepare_frames
 
 #: Distinct assemblages one scan can hold (so at most MAX_ASSEMBLAGES - 1 transitions).
 MAX_ASSEMBLAGES = 4

@@ -56,6 +56,8 @@ from xrd_nexus_ml.transitions.ramp import (
     measured_frames,
     phase_fractions,
 )
+from xrd_nexus_ml.io.readers import read_structure
+from xrd_nexus_ml.physics.augment import Compose, PreferredOrientation
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -701,8 +703,6 @@ def phase_from_cif(path, name: str | None = None, eos: BirchMurnaghan3 | None = 
     A missing or unreadable file raises a `StructureError` (`StructureFileNotFoundError` for a
     missing one) that names the file.
     """
-    from xrd_nexus_ml.io.readers import read_structure
-
     structure = read_structure(path)
     label = name or Path(str(path)).stem or structure.composition.reduced_formula
     volume = float(structure.volume)
@@ -838,8 +838,6 @@ def simulate_material_ramp(
     rng = np.random.default_rng(seed)
     augment, direction = None, None
     if texture > 0:
-        from xrd_nexus_ml.physics.augment import Compose, PreferredOrientation
-
         direction = _TEXTURE_DIRECTIONS[int(rng.integers(len(_TEXTURE_DIRECTIONS)))]
         r = 1.0 - float(texture)
         augment = Compose((PreferredOrientation(r_range=(r, r), directions=(direction,)),))

@@ -51,7 +51,8 @@ from xrd_nexus_ml.bundle import read_bundle, software_versions, write_bundle
 from xrd_nexus_ml.errors import ModelBundleError, XrdNexusMlError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, QGrid
 from xrd_nexus_ml.transitions.alignment import CompressionAlignment
-from xrd_nexus_ml.transitions.frames import PreparedFrames, prepare_frames
+from xrd_nexus_ml.preprocess.frames import PreparedFrames, prepare_frames
+from xrd_nexus_ml.transitions.calibration import changepoint_calibration
 
 #: w_b = max(0, A * A_b^2 - B): the seed's believability weight of a bin with accuracy A_b.
 BELIEVABILITY_A = 1.4337
@@ -735,8 +736,6 @@ def train_models(training_set, seed: int = 0, fast: bool = False,
     if calibration_ramps is None:
         calibration_ramps = 2 if fast else 8
     if calibration_ramps:
-        from xrd_nexus_ml.transitions.calibration import changepoint_calibration
-
         for model in models.values():
             model.changepoint = changepoint_calibration(model, n_ramps=calibration_ramps, seed=seed,
                                                         ramp_factory=ramp_factory)

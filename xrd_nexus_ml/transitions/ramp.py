@@ -59,6 +59,7 @@ from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM, Diffractogram, energy_to_wavelength
 from xrd_nexus_ml.physics import CrystalArrays, PeakProfile, PowderSimulator, RenderGrid
 from xrd_nexus_ml.physics.augment import Background, Compose, GaussianNoise, Normalise, PoissonNoise
+from xrd_nexus_ml.physics.simulator import SimulatedBatch
 
 #: The seed's beam: 25.6 keV at PETRA III P02.2 (λ = 0.4843 Å).
 SEED_ENERGY_KEV = 25.6
@@ -429,8 +430,6 @@ def measured_frames(total: np.ndarray, instrument: Instrument, noise: float, bac
     """Clean summed patterns (n, points) as a detector records them: normalised, the cell's
     background and counting noise added through the project's augmentation transforms (seeded),
     normalised again; float32."""
-    from xrd_nexus_ml.physics.simulator import SimulatedBatch
-
     sim = PowderSimulator(wavelength=instrument.wavelength, grid=instrument.grid, device=device)
     generator = torch.Generator().manual_seed(int(seed))
     intensity = torch.as_tensor(total / np.maximum(total.max(axis=1, keepdims=True), 1e-300), dtype=torch.float64)
@@ -606,8 +605,6 @@ def simulate_training_set(
 
 def _add_noise(patterns: np.ndarray, noise, background, instrument: Instrument, seed: int, device) -> np.ndarray:
     """Per-pattern background and noise levels (arrays of len n) through the augmentation transforms."""
-    from xrd_nexus_ml.physics.simulator import SimulatedBatch
-
     sim = PowderSimulator(wavelength=instrument.wavelength, grid=instrument.grid, device=device)
     generator = torch.Generator().manual_seed(int(seed))
     out = np.zeros_like(patterns, dtype=np.float32)
@@ -618,3 +615,19 @@ def _add_noise(patterns: np.ndarray, noise, background, instrument: Instrument, 
         state = noise_pipeline(float(noise[i]), float(background[i])).apply("pattern", state, generator)
         out[i] = state.intensity[0].float().cpu().numpy()
     return out
+
+
+def evaluation_ramp_configs(n_ramps: int, seed: int) -> list[dict]:
+    """The (Mg,Fe)O test ramps' parameters (transition 20-40 GPa), drawn from `seed` (never the training
+    seed's draws): `evaluate transition` and the models' change-point calibration (another seed range)."""
+    rng = np.random.default_rng(10_000 + seed)
+    configs = []
+    for i in range(n_ramps):
+        configs.append({
+            "seed": int(seed * 1000 + 101 + i),
+            "transition_pressure": round(float(rng.uniform(20.0, 40.0)), 3),
+            "coexistence_width": round(float(rng.uniform(0.5, 3.0)), 3),
+            "noise": round(float(math.exp(rng.uniform(math.log(0.003), math.log(0.05)))), 4),
+            "background": round(float(rng.uniform(0.05, 0.3)), 3),
+        })
+    return configs

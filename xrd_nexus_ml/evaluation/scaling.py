@@ -46,6 +46,16 @@ from xrd_nexus_ml.identification.library import (
     ReferencePhase,
     canonical_formula,
 )
+from xrd_nexus_ml.references import aflow_prototypes
+from xrd_nexus_ml.models import BinnedEncoder, RegNet1D
+from training.loop import warmup_cosine
+from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
+from xrd_nexus_ml.physics import PowderSimulator
+from xrd_nexus_ml.models import default_expert_config, default_trunk_config
+from xrd_nexus_ml.models import RegNetConfig
+from xrd_nexus_ml.models import FlatClassifier
+from xrd_nexus_ml.models import HierarchicalExpert
+from xrd_nexus_ml.models import build_moe
 
 # -- a large library by element substitution ----------------------------------------------------
 
@@ -175,8 +185,6 @@ def substituted_library(n_classes: int, seed: int = 0, scale_volume: bool = True
     library is a prefix of a larger one with the same seed. LibraryError when the prototypes run
     out of new compositions before `n_classes`.
     """
-    from xrd_nexus_ml.references import aflow_prototypes
-
     if n_classes < 1:
         raise LibraryError(f"n_classes must be positive, got {n_classes}")
     rng = np.random.default_rng(seed)
@@ -246,14 +254,10 @@ class ScalingModels:
     expert_bin_channels: int = 8
 
     def resolved(self) -> ScalingModels:
-        from xrd_nexus_ml.models import default_expert_config, default_trunk_config
-
         return replace(self, trunk=self.trunk or default_trunk_config(), expert=self.expert or default_expert_config())
 
     def single_encoder(self):
         """RegNet config of one routed path: the trunk's stem and stages, then the expert's stages."""
-        from xrd_nexus_ml.models import RegNetConfig
-
         t, e = self.trunk, self.expert
         return RegNetConfig(in_channels=t.in_channels, stem_width=t.stem_width, stem_kernel=t.stem_kernel,
                             stem_stride=t.stem_stride, widths=t.widths + e.widths, depths=t.depths + e.depths,
@@ -268,8 +272,6 @@ class ScalingModels:
 
 def _encoder(models: ScalingModels) -> nn.Module:
     """The single models' encoder: one routed path, pooled like the experts (position bins)."""
-    from xrd_nexus_ml.models import BinnedEncoder, RegNet1D
-
     body = RegNet1D(models.single_encoder())
     return BinnedEncoder(body, models.expert_bin_channels, models.expert_bins) if models.expert_bins > 1 else body
 
@@ -294,8 +296,6 @@ class _Flat(_Arm):
     name = "flat"
 
     def __init__(self, models: ScalingModels, n_classes: int) -> None:
-        from xrd_nexus_ml.models import FlatClassifier
-
         network = FlatClassifier(models.single_encoder(), n_classes)
         network.encoder = _encoder(models)  # same encoder and summary as the hierarchical expert
         network.head = nn.Linear(network.encoder.out_width, n_classes)
@@ -312,8 +312,6 @@ class _Hierarchical(_Arm):
     name = "hierarchical"
 
     def __init__(self, models: ScalingModels, n_classes: int, coarse: np.ndarray) -> None:
-        from xrd_nexus_ml.models import HierarchicalExpert
-
         encoder = _encoder(models)
         super().__init__(HierarchicalExpert(encoder, encoder.out_width, models.embedding_dim,
                                             int(coarse.max()) + 1, n_classes))
@@ -333,8 +331,6 @@ class _MoE(_Arm):
     name = "moe"
 
     def __init__(self, models: ScalingModels, library: PhaseLibrary) -> None:
-        from xrd_nexus_ml.models import build_moe
-
         plan = library.experts()
         self.n_experts = len(plan.elements)
         super().__init__(build_moe(plan.expert_classes, plan.expert_coarse, len(library.classes), models.trunk,
@@ -386,8 +382,6 @@ def _hardware(device: torch.device) -> dict[str, Any]:
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The recipes' schedule (`training.loop.warmup_cosine`), so the arms train as the shipped models do."""
-    from training.loop import warmup_cosine
-
     return warmup_cosine(optimizer, steps)
 
 
@@ -406,9 +400,6 @@ def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int 
     The impurity pool (second phases in half the patterns) is a seeded subset of at most
     `impurity_pool_size` references: the whole library's padded peaks would not fit in memory
     at 10^4 classes and more."""
-    from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
-    from xrd_nexus_ml.physics import PowderSimulator
-
     models = (models or ScalingModels()).resolved()
     dev = torch.device(device)
     started = time.perf_counter()
@@ -528,60 +519,10 @@ def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int = 150
 # -- command line -------------------------------------------------------------------------------
 
 
-def _sizes(text: str) -> list[int]:
-    import argparse
-
-    try:
-        sizes = [int(float(t)) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated class counts, got {text!r}") from None
-    if not sizes or any(s < 2 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--sizes wants class counts of at least 2, got {text!r}")
-    return sizes
-
-
-def add_scaling_parser(evaluate_subparsers) -> None:
-    """Register `evaluate scaling` on the `evaluate` sub-parsers of the CLI."""
-    e = evaluate_subparsers.add_parser("scaling", help="top-1 vs number of classes: flat, hierarchical and MoE "
-                                                       "on element-substituted AFLOW prototypes")
-    e.add_argument("--sizes", type=_sizes, default=[100, 1000, 10000],
-                   help="comma-separated class counts (default 100,1000,10000; 1e5 too on a GPU)")
-    e.add_argument("--steps", type=int, default=1500, help="training steps per model (same for all three)")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--test-patterns", type=int, default=2048,
-                   help="fresh test patterns per size (at least one per class)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (patterns are simulated on the CPU)")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_evaluate_scaling)
-
-
-def cmd_evaluate_scaling(args) -> int:
-    """The CLI command (`xrd-nexus-ml evaluate scaling`): JSON with --json, else a table."""
-    import json
-
-    result = evaluate_scaling(sizes=args.sizes, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                              device=args.device, test_patterns=getattr(args, "test_patterns", 2048),
-                              progress=not args.json)
-    if args.json:
-        print(json.dumps(result, indent=2, default=float))
-        return 0
-    hw = result["hardware"]
-    print(f"{result['steps']} steps x {result['batch_size']} patterns per model on {result['device']} "
-          f"({hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} torch threads)")
-    print(f"{'classes':>8} {'model':<13} {'top1':>6} {'top5':>6} {'train s':>8} {'ms/pattern':>10} {'parameters':>11}")
-    for r in result["results"]:
-        print(f"{r['n_classes']:>8} {r['model']:<13} {r['top1']:>6.3f} {r['top5']:>6.3f} {r['train_seconds']:>8.1f} "
-              f"{r['ms_per_pattern']:>10.3f} {r['n_parameters']:>11}")
-    return 0
-
-
 __all__ = [
     "FAMILIES",
     "SUBSTITUTION_POOL",
     "ScalingModels",
-    "add_scaling_parser",
-    "cmd_evaluate_scaling",
     "evaluate_scaling",
     "evaluate_size",
     "structure_types",

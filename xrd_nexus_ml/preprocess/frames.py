@@ -21,7 +21,7 @@ import numpy as np
 
 from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid
-from xrd_nexus_ml.preprocess import snip_background
+from xrd_nexus_ml.preprocess.background import snip_background
 
 
 #: SNIP background window (Å⁻¹) of every model that reads background-free frames.

@@ -25,8 +25,10 @@ from xrd_nexus_ml.io import read_pattern, read_structure
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import PeakProfile, PowderSimulator
 from xrd_nexus_ml.physics.augment import default_pipeline
-from xrd_nexus_ml.preprocess import subtract_background
+from xrd_nexus_ml.preprocess.background import subtract_background
 from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure
+from xrd_nexus_ml.classify import classify_patterns
+from xrd_nexus_ml.plotting import plot_demo
 
 
 def example_dir() -> Path:
@@ -88,7 +90,6 @@ def run_demo(out_dir: Path, seed: int = 0, n_augmented: int = 4, device: str | N
         matches.append(MatchResult(path.name, path.stem, rank_references(measured, ref_patterns, ref_names)))
 
     # 3. the same patterns identified by the shipped model of these references
-    from xrd_nexus_ml.identification.commands import classify_patterns
 
     identified = {Path(r["source"]).name: r for r in classify_patterns(
         sorted(examples.glob("*.xy")), model="li-mn-ti-o-f", wavelength="CuKa")}
@@ -117,7 +118,6 @@ def run_demo(out_dir: Path, seed: int = 0, n_augmented: int = 4, device: str | N
         "device": str(sim.device),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    from xrd_nexus_ml.plotting import plot_demo
 
     plot_demo(
         out_dir / "demo.png",

@@ -32,15 +32,18 @@ gauge reading), 1 GPa/min membrane rate.
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from xrd_nexus_ml.bundle import resolve_bundle
 from xrd_nexus_ml.steering import SteeringPolicy, SteeringResult, steer
 from xrd_nexus_ml.transitions import TransitionTracker, load_model, simulate_ramp
+from xrd_nexus_ml.transitions.detector import DetectorTracker
+from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs
+from xrd_nexus_ml.transitions.materials import simulate_material_ramp
 
 GOAL_FRAME_RATIO = 3.0
 DEFAULT_MODEL = "end_to_end"
@@ -62,13 +65,9 @@ class Beamtime:
                 "definition": "frames x exposure_s + moves x settle_s + |dP| travelled / rate_gpa_per_s"}
 
 
-def shipped_model(name: str = DEFAULT_MODEL):
-    """A transition classifier bundle shipped with the package (end_to_end, binned_vote, cosine_baseline)."""
-    return load_model(importlib.resources.files("xrd_nexus_ml") / f"data/models/transition/{name}")
-
-
-def ramp_configs(n_ramps: int, seed: int) -> list[dict]:
-    """The simulated samples: transition pressure, coexistence width, noise, background, seed."""
+def steering_sample_configs(n_ramps: int, seed: int) -> list[dict]:
+    """The simulated samples of the steering evaluation (transition 15-45 GPa, wider than `evaluate
+    transition`'s, so that the coarse ramp meets it anywhere): transition pressure, coexistence width, noise, background, seed."""
     rng = np.random.default_rng(20_000 + seed)
     return [{
         "seed": int(seed * 1000 + 501 + i),
@@ -146,7 +145,7 @@ def evaluate_steering(n_ramps: int = 8, precision: float = 0.5, seed: int = 0, f
         raise ValueError(f"precision must be > 0 GPa, got {precision}")
     started = time.perf_counter()
     beamtime = beamtime or Beamtime()
-    classifier = shipped_model(model)
+    classifier = load_model(resolve_bundle(model, task="transition"))
     policies = {
         "adaptive": SteeringPolicy(start=start, stop=stop, precision=precision, coarse_step=coarse_step),
         "uniform": SteeringPolicy.uniform(precision, start=start, stop=stop),
@@ -155,7 +154,7 @@ def evaluate_steering(n_ramps: int = 8, precision: float = 0.5, seed: int = 0, f
         policies["uniform_fine"] = SteeringPolicy.uniform(precision, start=start, stop=stop, step=precision)
         policies["monotonic"] = SteeringPolicy(start=start, stop=stop, precision=precision, coarse_step=coarse_step,
                                                mode="monotonic")
-    configs = ramp_configs(n_ramps, seed)
+    configs = steering_sample_configs(n_ramps, seed)
     rows: dict[str, list[dict]] = {name: [] for name in policies}
     per_ramp = []
     for config in configs:
@@ -214,8 +213,6 @@ class MaterialSample:
     """Frames of one literature material (`transitions.materials`) at any pressure, fresh noise each."""
 
     def __init__(self, material, config: dict, arm_offset: int = 0):
-        from xrd_nexus_ml.transitions.materials import simulate_material_ramp
-
         self.material, self.config = material, config
         self.seed = int(config["seed"]) % 100_000 * 100 + arm_offset
         self.n = 0
@@ -241,9 +238,6 @@ def evaluate_steering_materials(materials="all", n_ramps: int = 4, seed: int = 0
     material's pressure range, the adaptive coarse step an eighth of it, the uniform step the
     precision (the detector's systematic term is half the bracket: a coarser uniform grid cannot
     declare the precision)."""
-    from xrd_nexus_ml.transitions.detector import DetectorTracker
-    from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs
-
     started = time.perf_counter()
     beamtime = beamtime or Beamtime()
     names = [n for n in (MATERIALS if materials == "all" else materials) if MATERIALS[n].transition_pressures]
@@ -282,53 +276,3 @@ def evaluate_steering_materials(materials="all", n_ramps: int = 4, seed: int = 0
     out["model"] = "auto (training-free detector)"
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
-
-
-def add_steering_parser(evaluate_subparsers) -> None:
-    """Register `evaluate steering` on the `evaluate` sub-parsers of the CLI."""
-    e = evaluate_subparsers.add_parser("steering", help="frames and beamtime to locate a transition: adaptive "
-                                                        "steering vs a uniform ramp, on simulated ramps")
-    e.add_argument("--ramps", "--n-ramps", dest="n_ramps", type=int, default=8, help="simulated samples")
-    e.add_argument("--precision", type=float, default=0.5, help="GPa: 95 %% credible half-width to reach")
-    e.add_argument("--coarse-step", type=float, default=6.0, help="GPa: adaptive step before the transition")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--fast", action="store_true", help="only the adaptive and uniform arms")
-    e.add_argument("--materials", default=None, metavar="all|NAME,...",
-                   help="literature materials with the training-free detector (precision 1 %% of each range)")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_evaluate_steering)
-
-
-def cmd_evaluate_steering(args) -> int:
-    """The CLI command (`xrd-nexus-ml evaluate steering`)."""
-    import json
-
-    if getattr(args, "materials", None):
-        names = "all" if args.materials == "all" else [m.strip() for m in args.materials.split(",")]
-        result = evaluate_steering_materials(names, n_ramps=args.n_ramps, seed=args.seed)
-        if not getattr(args, "json", False):
-            for name, m in result["materials"].items():
-                a, u = m["arms"]["adaptive"], m["arms"]["uniform"]
-                print(f"{name:<15} frames adaptive {a['frames_mean']:.1f} uniform {u['frames_mean']:.1f} "
-                      f"(ratio {m['frame_ratio']:.2f}); within precision {a['reached_fraction']:.2f} / "
-                      f"{u['reached_fraction']:.2f}")
-            return 0
-        print(json.dumps(result, indent=2, default=float))
-        return 0
-    result = evaluate_steering(n_ramps=args.n_ramps, precision=args.precision, seed=args.seed,
-                               fast=getattr(args, "fast", False), coarse_step=getattr(args, "coarse_step", 6.0))
-    if getattr(args, "json", False):
-        print(json.dumps(result, indent=2, default=float))
-        return 0
-    print(f"{result['n_ramps']} simulated ramps, precision {result['precision']} GPa "
-          f"({result['precision_definition']})")
-    print(f"{'arm':<14} {'frames':>7} {'max':>4} {'beamtime s':>10} {'reached':>8} {'declared':>8} {'|err|/prec':>10}")
-    for name, a in result["arms"].items():
-        err = "-" if a["error_over_precision_mean"] is None else f"{a['error_over_precision_mean']:.2f}"
-        print(f"{name:<14} {a['frames_mean']:>7.1f} {a['frames_max']:>4d} {a['beamtime_s_mean']:>10.0f} "
-              f"{a['reached_fraction']:>8.2f} {a['declared_fraction']:>8.2f} {err:>10}")
-    goal = result["goal"]
-    verdict = "met" if goal["met"] else "NOT met"
-    print(f"frame ratio {result['frame_ratio']:.2f} (goal >= {goal['frame_ratio']}: {verdict}), "
-          f"beamtime ratio {result['beamtime_ratio']:.2f}; {result['seconds']} s")
-    return 0

@@ -44,6 +44,16 @@ from xrd_nexus_ml.errors import StructureError, XrdNexusMlError
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import symmetry
 from xrd_nexus_ml.physics.symmetry import CRYSTAL_SYSTEMS, crystal_system_index, extinction_group
+from xrd_nexus_ml.spacegroup.model import true_class_ranks
+from xrd_nexus_ml.io import read_structure
+from xrd_nexus_ml.physics.form_factors import check_supported
+from xrd_nexus_ml.references import aflow_prototypes
+from xrd_nexus_ml.physics.augment import default_pipeline
+from xrd_nexus_ml.physics.crystal import as_crystal_arrays
+from xrd_nexus_ml.physics.profiles import PeakProfile
+from xrd_nexus_ml.physics.simulator import PowderSimulator
+from xrd_nexus_ml.io import read_pattern
+from xrd_nexus_ml.io.readers import SUPPORTED_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +104,6 @@ def _labelled(name: str, source: str, structure, symprec: float) -> tuple[Labell
 def _real_structures(symprec: float) -> tuple[tuple[LabelledStructure, ...], tuple[tuple[str, str], ...]]:
     """(structures, skipped pyxtal files with the reason); cached: labelling all takes seconds."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    from xrd_nexus_ml.io import read_structure
-    from xrd_nexus_ml.physics.form_factors import check_supported
-    from xrd_nexus_ml.references import aflow_prototypes
 
     items: list[LabelledStructure] = []
     by_key: dict[tuple, list[LabelledStructure]] = {}
@@ -172,11 +178,6 @@ def simulate_patterns(
     `imperfections`, else "clean" (Debye–Waller factors only). `structures`: LabelledStructure,
     pymatgen Structures or CrystalArrays. Reproducible for a seed and the same input list.
     """
-    from xrd_nexus_ml.physics.augment import default_pipeline
-    from xrd_nexus_ml.physics.crystal import as_crystal_arrays
-    from xrd_nexus_ml.physics.profiles import PeakProfile
-    from xrd_nexus_ml.physics.simulator import PowderSimulator
-
     crystals = [as_crystal_arrays(s.structure if isinstance(s, LabelledStructure) else s) for s in structures]
     n, g = len(crystals), CANONICAL_GRID.n_points
     intensity = np.zeros((n, g), dtype=np.float32)
@@ -311,8 +312,6 @@ def read_measured(
     exactly how model inputs are made. Pattern files in the folder the CSV does not list are left
     out with a warning. Errors name the CSV and line, or the pattern file.
     """
-    from xrd_nexus_ml.io import read_pattern
-
     folder = Path(patterns_dir)
     if not folder.is_dir():
         raise EvaluationDataError(f"{folder}: pattern folder not found" if not folder.exists()
@@ -326,8 +325,6 @@ def read_measured(
     if not csv_path.is_file():
         raise EvaluationDataError(f"{csv_path}: labels CSV not found (expected a header 'file,space_group')")
     rows = _read_labels_csv(csv_path, folder)
-
-    from xrd_nexus_ml.io.readers import SUPPORTED_SUFFIXES
 
     listed = {p.resolve() for _, p, _ in rows} | {csv_path.resolve()}
     unlisted = sorted(p.name for p in folder.iterdir()
@@ -351,17 +348,6 @@ def read_measured(
 
 
 # -- scores ---------------------------------------------------------------------------------------
-
-
-def true_class_ranks(probabilities: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """0-based rank of the true class in each row; a tie counts against the model.
-
-    Ranking by classes scoring at least as high as the truth means a flat output (all classes
-    equal, as a model should give for a non-crystal) ranks last, not first.
-    """
-    rows = np.arange(len(truth))
-    p_true = probabilities[rows, truth][:, None]
-    return (probabilities >= p_true).sum(axis=1) - 1
 
 
 def _checked(probabilities: Mapping[str, np.ndarray], head: str, n: int, n_classes: int) -> np.ndarray:

@@ -33,24 +33,9 @@ import numpy as np
 
 from xrd_nexus_ml.transitions.changepoint import TransitionTracker
 from xrd_nexus_ml.transitions.models import train_models
-from xrd_nexus_ml.transitions.ramp import seed_pressures, simulate_ramp, simulate_training_set
+from xrd_nexus_ml.transitions.ramp import evaluation_ramp_configs, seed_pressures, simulate_ramp, simulate_training_set
 
 GOAL = {"frame_accuracy": 0.99, "transition_error_steps": 1.0}
-
-
-def ramp_configs(n_ramps: int, seed: int) -> list[dict]:
-    """The test ramps' parameters, drawn from `seed` (never the training seed's draws)."""
-    rng = np.random.default_rng(10_000 + seed)
-    configs = []
-    for i in range(n_ramps):
-        configs.append({
-            "seed": int(seed * 1000 + 101 + i),
-            "transition_pressure": round(float(rng.uniform(20.0, 40.0)), 3),
-            "coexistence_width": round(float(rng.uniform(0.5, 3.0)), 3),
-            "noise": round(float(math.exp(rng.uniform(math.log(0.003), math.log(0.05)))), 4),
-            "background": round(float(rng.uniform(0.05, 0.3)), 3),
-        })
-    return configs
 
 
 def _with_bad_frames(ramp, rng: np.random.Generator):
@@ -158,7 +143,7 @@ def evaluate_transition(n_ramps: int = 8, seed: int = 0, fast: bool = False, pha
     training_set = simulate_training_set(phases=phases, seed=seed)
     models = train_models(training_set, seed=seed, fast=fast)
     trained = time.perf_counter()
-    configs = ramp_configs(n_ramps, seed)
+    configs = evaluation_ramp_configs(n_ramps, seed)
     rng = np.random.default_rng(seed + 77)
     per_model: dict[str, list[dict]] = {name: [] for name in models}
     ramps_info = []
@@ -195,26 +180,3 @@ def evaluate_transition(n_ramps: int = 8, seed: int = 0, fast: bool = False, pha
                                "|transition error| <= 1 pressure step"},
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def cmd_evaluate_transition(args) -> int:
-    """The CLI command (`xrd-nexus-ml evaluate transition`)."""
-    import json
-
-    result = evaluate_transition(n_ramps=args.n_ramps, seed=args.seed, fast=getattr(args, "fast", False))
-    if args.json:
-        print(json.dumps(result, indent=2, default=float))
-        return 0
-    print(f"{result['n_ramps']} ramps x {result['n_frames_per_ramp']} frames, trained on "
-          f"{result['training']['n_patterns']} patterns {result['training']['kinds']}")
-    print(f"{'model':<16} {'frame acc':>9} {'worst':>7} {'|err| steps':>11} {'max':>6} {'bias':>6} "
-          f"{'settle (frames)':>15}")
-    for name, m in result["models"].items():
-        settle = "-" if m["frames_to_settle"] is None else f"{m['frames_to_settle']:.1f} ({m['settled_ramps']})"
-        print(f"{name:<16} {m['frame_accuracy']:>9.4f} {m['frame_accuracy_worst_ramp']:>7.4f} "
-              f"{m['transition_error_steps']:>11.2f} {m['transition_error_steps_max']:>6.2f} "
-              f"{m['transition_bias_steps']:>6.2f} {settle:>15}")
-    goal = result["goal"]
-    print(f"best model: {result['best_model']}; goal {'met' if goal['met'] else 'NOT met'} ({goal['definition']}); "
-          f"{result['seconds']} s")
-    return 0

@@ -19,19 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xrd_nexus_ml.bundle import resolve_bundle
+from xrd_nexus_ml.device import cpu_name, resolve_device
+
 from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
 from xrd_nexus_ml.identification.model import IdentificationModel
-from xrd_nexus_ml.preprocess import model_input
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from xrd_nexus_ml.preprocess.background import model_input
+from xrd_nexus_ml.preprocess.frames import prepare_frames
 
 
 def test_patterns(model: IdentificationModel, n: int, seed: int = 0) -> np.ndarray:
@@ -52,15 +46,17 @@ def _percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.median(ms)), float(np.percentile(ms, 99))
 
 
-def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 200, device: str = "cpu") -> dict:
+def bench_infer(model: str | Path | None = None, n: int = 512, batch_size: int = 256, single: int = 200,
+                device: str = "cpu") -> dict:
+    """Latency and throughput of an identification model (a bundle folder or shipped name; None: the
+    default), its network alone and end to end."""
+    model_dir = resolve_bundle(model, task="identification")
     model = IdentificationModel.load(model_dir)
     identifier = Identifier(model)
     patterns = test_patterns(model, n)
-    from xrd_nexus_ml.transitions.frames import prepare_frames
-
     prepared = prepare_frames(patterns, grid=model.grid)
     inputs = torch.from_numpy(model_input(prepared.x, prepared.mask))
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model.network.to(dev)
     x = inputs.to(dev)
 
@@ -91,7 +87,7 @@ def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 20
     e2e_batched = time.perf_counter() - t
     e2e_median, e2e_p99 = _percentiles(e2e_single)
     size = sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file())
-    name = f"{_cpu_name()} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
+    name = f"{cpu_name()} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     return {
         "what": "network: prepared pattern -> calibrated probabilities + prototype cosines; end_to_end: "
                 "Identifier.identify (preparation, network, fit and subtraction of every phase found)",
@@ -100,7 +96,7 @@ def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 20
         "latency_median_ms": median,
         "latency_p99_ms": p99,
         "end_to_end": {"throughput_patterns_per_s": n / e2e_batched, "latency_median_ms": e2e_median,
-                       "latency_p99_ms": e2e_p99, "device": f"{_cpu_name()} ({torch.get_num_threads()} threads)"},
+                       "latency_p99_ms": e2e_p99, "device": f"{cpu_name()} ({torch.get_num_threads()} threads)"},
         "batch_size": batch_size,
         "n_patterns": n,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -110,17 +106,3 @@ def bench_infer(model_dir, n: int = 512, batch_size: int = 256, single: int = 20
         "n_experts": len(model.plan.elements),
         "model": str(model_dir),
     }
-
-
-def cmd_bench_infer(args) -> int:
-    import json
-
-    from xrd_nexus_ml.identification.commands import resolve_model
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = bench_infer(resolve_model(args.model), n=args.n, batch_size=args.batch_size, single=args.single,
-                         device=device)
-    print(json.dumps(result, indent=2, default=float))
-    return 0

@@ -16,24 +16,11 @@ import time
 import numpy as np
 import torch
 
+from xrd_nexus_ml.device import describe_device
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid
 from xrd_nexus_ml.physics.simulator import PowderSimulator
-
-
-def describe_device(device: torch.device) -> str:
-    """'cpu: <model>, N threads' or 'cuda: <GPU name>' for the JSON record."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+from xrd_nexus_ml.physics.crystal import as_crystal_arrays
+from xrd_nexus_ml.physics.synthetic import RandomCrystalGenerator
 
 
 def peak_rss_mb() -> float:
@@ -129,8 +116,6 @@ def bench_stream(structures: list, n_patterns: int, batch_size: int = 64, device
 
     import psutil
 
-    from xrd_nexus_ml.physics.crystal import as_crystal_arrays
-
     arrays = [as_crystal_arrays(s) for s in structures]
     source = itertools.islice(itertools.cycle(arrays), n_patterns)
     sim = PowderSimulator(device=device, batch_size=batch_size)
@@ -157,8 +142,6 @@ def bench_stream(structures: list, n_patterns: int, batch_size: int = 64, device
 
 def bench_synthetic(n_crystals: int = 1000, batch_size: int = 64, seed: int = 0) -> dict:
     """Crystals/s of the random Wyckoff generator, and patterns/s of generation + simulation."""
-    from xrd_nexus_ml.physics.synthetic import RandomCrystalGenerator
-
     generator = RandomCrystalGenerator(seed=seed)
     for _ in range(200):  # first use of each space group builds its Wyckoff tables
         generator.sample()

@@ -28,6 +28,9 @@ import numpy as np
 
 from xrd_nexus_ml.transitions.detector import AssemblageDetector
 from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs, simulate_material_ramp
+from training.transition import train_transition_models
+from xrd_nexus_ml.transitions.changepoint import TransitionTracker
+from xrd_nexus_ml.transitions.detector import DetectorSettings
 
 #: What the training-free detector's settings were chosen on (besides, during its development, the
 #: schematic B1 -> B8 FeO of `ramp.PHASES` and compression-only ramps of the seed's B1 phase), on
@@ -109,9 +112,6 @@ def _summarise(results: list[dict]) -> dict:
 def score_trained(material, configs: list[dict], kind: str, seed: int = 0, cache: dict | None = None) -> list[dict]:
     """A model trained from the material's phases (`train transition --phase`'s recipe) on ramps of
     the beamline it was trained for; compression-only materials have nothing to train: no ramps."""
-    from training.transition import train_transition_models  # the evaluations may use training
-    from xrd_nexus_ml.transitions.changepoint import TransitionTracker
-
     if not material.transition_pressures:
         return []
     cache = {} if cache is None else cache
@@ -181,8 +181,6 @@ def calibrate_detector(n_ramps: int = 8, seed: int = 100) -> dict:
     against the change point's statistical sigma; `systematic_steps` is the smallest extra sigma
     (in steps) with which 95 % of them lie within 2 sigma."""
     from dataclasses import replace
-
-    from xrd_nexus_ml.transitions.detector import DetectorSettings
 
     settings = replace(DetectorSettings(), systematic_steps=0.0)
     errors, sigmas = [], []

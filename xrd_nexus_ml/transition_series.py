@@ -21,6 +21,9 @@ from xrd_nexus_ml.errors import PatternError, XrdNexusMlError
 from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.io.readers import NEXUS_SUFFIXES, SUPPORTED_SUFFIXES
 from xrd_nexus_ml.transitions.detector import DetectorSettings, detect_series
+from nexus_definitions.reader import read_patterns
+from xrd_nexus_ml.transitions.changepoint import TransitionTracker
+from xrd_nexus_ml.transitions.models import load_model
 
 
 class SeriesError(XrdNexusMlError, ValueError):
@@ -111,8 +114,6 @@ def load_series(inputs: Sequence, control=None, wavelength=None) -> Series:
     if not inputs:
         raise SeriesError("no input: give pattern files, a folder of them, or a NeXus file")
     if len(inputs) == 1 and inputs[0].suffix.lower() in NEXUS_SUFFIXES and control is None:
-        from nexus_definitions.reader import read_patterns  # the NeXus reader sits on the library
-
         patterns, pressures, _ = read_patterns(inputs[0], wavelength=wavelength, on_bad_frame="skip")
         if not patterns:
             raise SeriesError(f"{inputs[0]}: no valid frame")
@@ -183,9 +184,6 @@ def find_transitions(series: Series, settings: DetectorSettings | None = None) -
 def classify_series(series: Series, model_dir) -> dict:
     """A trained transition bundle (`train transition`) over a series, in acquisition order: the
     same JSON as `find_transitions`, phases named as the model names them."""
-    from xrd_nexus_ml.transitions.changepoint import TransitionTracker
-    from xrd_nexus_ml.transitions.models import load_model
-
     model = load_model(model_dir)
     usable = [i for i, f in enumerate(series.frames) if f is not None]
     tracker = TransitionTracker(model)
