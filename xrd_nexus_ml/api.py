@@ -26,6 +26,7 @@ from xrd_nexus_ml.io import read_structure
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.physics import PowderSimulator, RenderGrid
 from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
+from xrd_nexus_ml.spacegroup.model import SpaceGroupModel
 from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup_model
 from xrd_nexus_ml.spacegroup.model import predict_patterns
 from xrd_nexus_ml.transitions.models import MODELS as TRANSITION_KINDS
@@ -98,7 +99,7 @@ def classify_space_group(pattern_or_path, model: str | Path = "spacegroup/defaul
     "extinction_group"}. The probabilities are calibrated on synthetic crystals only: on measured
     patterns the top-1 is often wrong (see the model card); read `top_k` and the probability."""
     network = load_model(model)
-    if not hasattr(network, "predict"):
+    if not isinstance(network, SpaceGroupModel):
         raise ModelBundleError(f"{model}: not a space-group model")
     prediction = predict_patterns([_pattern(pattern_or_path, wavelength)], network, top_k=top_k)[0].to_dict()
     best = prediction["space_group"][0]
