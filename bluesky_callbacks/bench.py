@@ -21,6 +21,7 @@ import platform
 import time
 
 import numpy as np
+
 from bluesky_callbacks.classifier import ClassifierCallback
 from bluesky_callbacks.sim import PatternFlyer
 from xrd_nexus_ml.device import describe_device

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
-from array import array
 import queue
 import threading
 import time
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import event_model
 import numpy as np

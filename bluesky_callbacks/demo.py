@@ -19,17 +19,18 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
 from bluesky_callbacks.classifier import ClassifierCallback, FrameKeys
 from bluesky_callbacks.nexus_writer import NexusWriter
 from bluesky_callbacks.plans import adaptive_pressure_ramp, uniform_pressure_ramp
 from bluesky_callbacks.sim import SampleModel, make_beamline
+from bluesky_callbacks.storage import RunStore
+from nexus_definitions import layout as L
+from nexus_definitions.layout import decode
 from nexus_definitions.validate import validate_file
 from xrd_nexus_ml.inference import InferenceEngine
 from xrd_nexus_ml.steering import SteeringPolicy
 from xrd_nexus_ml.transitions.materials import MATERIALS
-from bluesky_callbacks.storage import RunStore
-from nexus_definitions import layout as L
-from nexus_definitions.layout import decode
 
 log = logging.getLogger(__name__)
 

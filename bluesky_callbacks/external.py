@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 import event_model
 import numpy as np
 
-from xrd_nexus_ml.errors import XrdNexusMlError
 from bluesky_callbacks.handlers import HANDLERS
+from xrd_nexus_ml.errors import XrdNexusMlError
 
 
 class ExternalDataError(XrdNexusMlError, ValueError):
@@ -96,7 +96,8 @@ class ExternalData:
                 try:
                     self._files[key] = h5py.File(path, "r")
                 except OSError as err:
-                    raise ExternalDataError(f"{path}: cannot open the HDF5 file a StreamResource points to: {err}") from err
+                    raise ExternalDataError(
+                        f"{path}: cannot open the HDF5 file a StreamResource points to: {err}") from err
         return self._files[key]
 
     def close(self):

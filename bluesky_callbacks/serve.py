@@ -24,11 +24,12 @@ from pathlib import Path
 
 from bluesky.callbacks.zmq import RemoteDispatcher
 from bluesky.run_engine import DocumentNames
-from bluesky_callbacks.wire import deserialize, serialize
+
 from bluesky_callbacks.classifier import ClassifierCallback
-from xrd_nexus_ml.inference import InferenceEngine
-from bluesky_callbacks.storage import RunStore
 from bluesky_callbacks.nexus_writer import NexusWriter
+from bluesky_callbacks.storage import RunStore
+from bluesky_callbacks.wire import deserialize, serialize
+from xrd_nexus_ml.inference import InferenceEngine
 
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,7 @@ from xrd_nexus_ml.pattern import energy_to_wavelength
 from xrd_nexus_ml.physics import PowderSimulator
 from xrd_nexus_ml.physics.augment import Background
 from xrd_nexus_ml.physics.simulator import SimulatedBatch
+from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
 from xrd_nexus_ml.transitions.ramp import (
     PHASES,
     SEED_ENERGY_KEV,
@@ -56,8 +57,6 @@ from xrd_nexus_ml.transitions.ramp import (
     noise_pipeline,
     simulate_ramp,
 )
-from xrd_nexus_ml.transitions.materials import MATERIALS
-from xrd_nexus_ml.transitions.materials import MATERIALS, simulate_material_ramp
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ into a tiled catalog); `tiled.server.SimpleTiledServer` runs one in-process on l
 its catalog (SQLite) and array data (Zarr/Parquet) in a folder. `RunStore` starts it and hands
 out writers: one per document source, because the raw run comes from the RunEngine thread and
 the derived run from the classifier's worker thread. Reopening the same folder later gives the
-same runs back (see README, "Reading runs back").
+same runs back (see docs/live.md, "Reading runs back").
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from xrd_nexus_ml.io.readers import (
     _nexus_descriptions,
     _nexus_wavelength,
     _nx_class,
+    _signal_dataset,
 )
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM, Diffractogram, resolve_wavelength
-from xrd_nexus_ml.io.readers import _signal_dataset
 
 log = logging.getLogger(__name__)
 

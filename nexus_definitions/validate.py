@@ -20,7 +20,6 @@ copy marked closed (the file itself is not changed) and the report says so.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -32,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from nexus_definitions import layout as L
-from xrd_nexus_ml.errors import XrdNexusMlError
 from nexus_definitions.writer import clear_consistency_flags
+from xrd_nexus_ml.errors import XrdNexusMlError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ def _check_group(report: ValidationReport, h5group, node: Node) -> None:
     import h5py
 
     where = h5group.name
-    for key, child in node.children.items():
+    for _key, child in node.children.items():
         if child.kind == "attribute":
             if child.name not in h5group.attrs:
                 if child.need != "optional":
@@ -325,7 +324,7 @@ def _check_field(report: ValidationReport, path: str, dataset, node: Node) -> No
         if unit not in units_node.enumeration:
             report.add("structure", "error", f"{path}: units {unit!r}, the definition asks for one of "
                                              f"{units_node.enumeration}")
-    for key, child in node.children.items():
+    for _key, child in node.children.items():
         if child.kind == "attribute" and child.name != "units" and child.need == "required" \
                 and child.name not in dataset.attrs:
             report.add("structure", "error", f"{path}: required attribute @{child.name} is missing")

@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nexus_definitions import layout as L
+from nexus_definitions.reader import frame_count
 from nexus_definitions.sanitise import Change, sanitise_metadata
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM
-from nexus_definitions.reader import frame_count
 
 if TYPE_CHECKING:  # importing xrd_nexus_ml.inference loads the models (torch); the writer needs only records
     from xrd_nexus_ml.records import FramePrediction, ModelProvenance
@@ -1094,8 +1094,8 @@ class NexusRunFile:
             else:
                 known = sorted(self._rows)
                 span = f"{known[0]}..{known[-1]}" if known else "(none)"
-                raise NexusWriteError(f"{self._where(name)}: a prediction has seq_num {r['raw_seq_num']}, but the file's "
-                                      f"frames have seq_num {span}")
+                raise NexusWriteError(f"{self._where(name)}: a prediction has seq_num {r['raw_seq_num']}, "
+                                      f"but the file's frames have seq_num {span}")
         self._write_predictions(process, ready)
         if flush:
             self._f.flush()

@@ -32,15 +32,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from training.loop import ReplayBuffer, gradient_step, warmup_cosine
-
 from xrd_nexus_ml.identification.library import PhaseLibrary, default_library, load_cif_library, split_by_structure
 from xrd_nexus_ml.identification.model import IdentificationModel, phase_record
 from xrd_nexus_ml.identification.stream import PeakCache, library_stream
-from xrd_nexus_ml.models import build_moe
+from xrd_nexus_ml.models import RegNetConfig, build_moe
 from xrd_nexus_ml.models.moe import default_expert_config, default_trunk_config
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import PowderSimulator
-from xrd_nexus_ml.models import RegNetConfig
 
 
 @dataclass

@@ -37,17 +37,21 @@ import torch
 import torch.nn.functional as F
 
 from training.loop import ReplayBuffer, gradient_step, warmup_cosine
-
+from training.ray_feed import RayBatchFeed
+from training.streams import PatternStream, SyntheticSource
+from xrd_nexus_ml.device import describe_device, resolve_device
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
 from xrd_nexus_ml.pattern import CANONICAL_GRID
-from xrd_nexus_ml.device import describe_device, resolve_device
-from xrd_nexus_ml.spacegroup.model import (SpaceGroupModel, head_sizes, model_input, targets_from_space_groups,
-                                          true_class_ranks)
-from xrd_nexus_ml.spacegroup.negatives import non_crystal_patterns
-from training.streams import PatternStream, SyntheticSource
 from xrd_nexus_ml.physics.augment import default_pipeline
-from training.ray_feed import RayBatchFeed
+from xrd_nexus_ml.spacegroup.model import (
+    SpaceGroupModel,
+    head_sizes,
+    model_input,
+    targets_from_space_groups,
+    true_class_ranks,
+)
+from xrd_nexus_ml.spacegroup.negatives import non_crystal_patterns
 
 HEADS = ("space_group", "extinction_group", "crystal_system")
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xrd_nexus_ml.transitions.models import train_models
-from xrd_nexus_ml.transitions.ramp import simulate_training_set
 from xrd_nexus_ml.transitions.materials import Material, simulate_material_ramp
-from xrd_nexus_ml.transitions.ramp import Instrument, RampError
+from xrd_nexus_ml.transitions.models import train_models
+from xrd_nexus_ml.transitions.ramp import Instrument, RampError, simulate_training_set
 
 
 def train_transition(out: Path, seed: int = 0, fast: bool = False) -> dict:

@@ -26,9 +26,8 @@ from xrd_nexus_ml.io import read_structure
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.physics import PowderSimulator, RenderGrid
 from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
-from xrd_nexus_ml.spacegroup.model import SpaceGroupModel
+from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, predict_patterns
 from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup_model
-from xrd_nexus_ml.spacegroup.model import predict_patterns
 from xrd_nexus_ml.transitions.models import MODELS as TRANSITION_KINDS
 from xrd_nexus_ml.transitions.models import load_model as load_transition_model
 

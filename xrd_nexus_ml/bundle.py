@@ -31,7 +31,8 @@ DEFAULT_NAMES = {"identification": "default", "spacegroup": "default", "transiti
 
 def shipped_models() -> list[str]:
     """The registry names of the shipped bundles, e.g. "identification/default"."""
-    return sorted(f"{card.parent.parent.name}/{card.parent.name}" for card in SHIPPED_MODELS_DIR.glob(f"*/*/{CARD_FILE}"))
+    return sorted(f"{card.parent.parent.name}/{card.parent.name}"
+                  for card in SHIPPED_MODELS_DIR.glob(f"*/*/{CARD_FILE}"))
 
 
 def resolve_bundle(name_or_path: str | Path | None, task: str | None = None) -> Path:

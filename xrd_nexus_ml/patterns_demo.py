@@ -3,7 +3,8 @@
 1. Simulates reference structures (pyFAI calibrants and AFLOW prototypes) in one batch on the
    canonical q grid, clean and with the "measured" augmentation pipeline.
 2. Reads real measured Cu Kα patterns shipped with the package, subtracts their background
-   (SNIP), puts them on the canonical grid with their mask, and ranks the 56 shipped candidate phases by cosine similarity to
+   (SNIP), puts them on the canonical grid with their mask, and ranks the 56 shipped candidate
+   phases by cosine similarity to
    them: a transparent baseline that shows the model input is right, not the ML model.
 3. Identifies the same patterns with the shipped mixture-of-experts model of those 56 phases
    (`data/models/identification/li-mn-ti-o-f`): phases, probabilities, out-of-library flag.
@@ -21,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xrd_nexus_ml.classify import classify_patterns
 from xrd_nexus_ml.io import read_pattern, read_structure
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import PeakProfile, PowderSimulator
 from xrd_nexus_ml.physics.augment import default_pipeline
+from xrd_nexus_ml.plotting import plot_demo
 from xrd_nexus_ml.preprocess.background import subtract_background
 from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure
-from xrd_nexus_ml.classify import classify_patterns
-from xrd_nexus_ml.plotting import plot_demo
 
 
 def example_dir() -> Path:

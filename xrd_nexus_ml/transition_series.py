@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nexus_definitions.reader import read_patterns
 from xrd_nexus_ml.errors import PatternError, XrdNexusMlError
 from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.io.readers import NEXUS_SUFFIXES, SUPPORTED_SUFFIXES
-from xrd_nexus_ml.transitions.detector import DetectorSettings, detect_series
-from nexus_definitions.reader import read_patterns
 from xrd_nexus_ml.transitions.changepoint import TransitionTracker
+from xrd_nexus_ml.transitions.detector import DetectorSettings, detect_series
 from xrd_nexus_ml.transitions.models import load_model
 
 
@@ -58,7 +58,8 @@ def read_control_csv(path) -> tuple[str, str, list[tuple[str, float]]]:
         raise SeriesError(f"{path}: empty; expected a header 'file,<name>_<unit>' (e.g. file,pressure_GPa) and rows")
     header = [c.strip() for c in rows[0]]
     if len(header) < 2 or header[0].lower() != "file":
-        raise SeriesError(f"{path}: header {','.join(header)!r}; expected 'file,<name>_<unit>' (e.g. file,pressure_GPa)")
+        raise SeriesError(f"{path}: header {','.join(header)!r}; "
+                          f"expected 'file,<name>_<unit>' (e.g. file,pressure_GPa)")
     name, _, unit = header[1].rpartition("_")
     if not name:
         name, unit = header[1], ""

@@ -9,7 +9,6 @@ from pathlib import Path
 from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, print_json, strain_fraction
 
 
-
 def describe_symmetry(symmetry: dict) -> str:
     """One line for the terminal from `SpaceGroupPrediction.to_dict()`."""
     if not symmetry["crystalline"]:
@@ -53,7 +52,8 @@ def classify_nexus_files(files, args) -> int:
             print(json.dumps(summary, default=float))
         else:
             print(f"{summary['file']}: {summary['frames']} frames -> {summary['group']}; phases {summary['phases']}; "
-                  f"transition {summary['transition_pressure_gpa']:.2f} ± {summary['transition_uncertainty_gpa']:.2f} GPa")
+                  f"transition {summary['transition_pressure_gpa']:.2f} "
+                  f"± {summary['transition_uncertainty_gpa']:.2f} GPa")
     if failed:
         print(f"xrd-nexus-ml: error: {len(failed)} of {len(files)} NeXus file(s) could not be classified: "
               f"{', '.join(failed)}", file=sys.stderr)

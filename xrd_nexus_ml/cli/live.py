@@ -19,7 +19,8 @@ def print_demo_table(summary: dict) -> None:
     for name, info in summary["phases"].items():
         lo, hi = info["pressure_range_gpa"]
         n = info["frames"]
-        space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} ({info['space_group_frames']}/{n})"
+        space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} "
+                       f"({info['space_group_frames']}/{n})"
                        if info["space_group"] else "-")
         system = f"{info['crystal_system']} ({info['crystal_system_frames']}/{n})" if info["crystal_system"] else "-"
         if info["material"]:

@@ -106,13 +106,13 @@ def cmd_check(args) -> int:
         print(f"  worst intensity error {wi['max_intensity_error']:.3f} %    ({wi['name']})")
         for c in summary["calibrants"]:
             print(f"pyFAI calibrant {c['calibrant']:<6} {c['n_listed']} lines, max relative d error "
-                  f"{c['max_relative_d_error']:.1e}, unmatched {len(c['simulated_not_listed']) + len(c['listed_not_simulated'])}")
+                  f"{c['max_relative_d_error']:.1e}, "
+                  f"unmatched {len(c['simulated_not_listed']) + len(c['listed_not_simulated'])}")
     return 0 if ok else 1
 
 
 def cmd_bench(args) -> int:
-    from xrd_nexus_ml.evaluation.benchmarks import (bench_simulate, bench_stream,  # local: start-up time
-                                                    bench_synthetic)
+    from xrd_nexus_ml.evaluation.benchmarks import bench_simulate, bench_stream, bench_synthetic  # local: start-up time
     from xrd_nexus_ml.references import aflow_prototypes
 
     if args.bench == "synthetic":
@@ -128,7 +128,8 @@ def cmd_bench(args) -> int:
         result = bench_simulate(structures[: args.n], device=args.device, batch_size=args.batch_size,
                                 repeats=args.repeats)
         summary = (f"{result['n_structures']} structures: pymatgen {result['pymatgen_patterns_per_s']:.0f}/s, "
-                   f"ours {result['ours_patterns_per_s']:.0f}/s, speedup {result['speedup']:.1f}x on {result['device']}")
+                   f"ours {result['ours_patterns_per_s']:.0f}/s, "
+                   f"speedup {result['speedup']:.1f}x on {result['device']}")
     if args.json:
         print_json(result)
     else:

@@ -10,8 +10,12 @@ from xrd_nexus_ml.cli.common import name_list, print_json
 
 
 def cmd_transition(args) -> int:
-    from xrd_nexus_ml.transition_series import (classify_series, find_transitions,  # local: start-up time
-                                                load_series, plot_series)
+    from xrd_nexus_ml.transition_series import (  # local: start-up time
+        classify_series,
+        find_transitions,
+        load_series,
+        plot_series,
+    )
 
     series = load_series(args.inputs, control=args.control, wavelength=args.wavelength)
     result = find_transitions(series) if args.model == "auto" else classify_series(series, args.model)
@@ -127,8 +131,7 @@ def cmd_evaluate_transition(args) -> int:
 
 
 def cmd_evaluate_steering(args) -> int:
-    from xrd_nexus_ml.evaluation.steering import (evaluate_steering,  # local: start-up time
-                                                  evaluate_steering_materials)
+    from xrd_nexus_ml.evaluation.steering import evaluate_steering, evaluate_steering_materials  # local: start-up time
 
     if args.materials:
         result = evaluate_steering_materials(name_list(args.materials), n_ramps=args.n_ramps, seed=args.seed)

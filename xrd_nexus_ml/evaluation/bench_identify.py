@@ -11,7 +11,6 @@ lattice mismatch and Poisson noise, so the benchmark needs nothing but the bundl
 
 from __future__ import annotations
 
-import platform
 import resource
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 
 from xrd_nexus_ml.bundle import resolve_bundle
 from xrd_nexus_ml.device import cpu_name, resolve_device
-
 from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
 from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.preprocess.background import model_input

@@ -9,7 +9,6 @@ structures; ours includes converting pymatgen Structures to arrays.
 from __future__ import annotations
 
 import math
-import platform
 import resource
 import time
 
@@ -17,9 +16,9 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.device import describe_device
+from xrd_nexus_ml.physics.crystal import as_crystal_arrays
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid
 from xrd_nexus_ml.physics.simulator import PowderSimulator
-from xrd_nexus_ml.physics.crystal import as_crystal_arrays
 from xrd_nexus_ml.physics.synthetic import RandomCrystalGenerator
 
 
@@ -122,7 +121,7 @@ def bench_stream(structures: list, n_patterns: int, batch_size: int = 64, device
     process = psutil.Process()
     done, rss_start = 0, None
     start = time.perf_counter()
-    for indices, patterns in sim.stream(source):
+    for indices, _patterns in sim.stream(source):
         done += len(indices)
         if rss_start is None and done >= 8 * batch_size:
             rss_start = process.memory_info().rss / 2**20

@@ -20,9 +20,14 @@ from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.identification.truth import pattern_files, read_truth, score
 from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.physics import PowderSimulator
-from xrd_nexus_ml.physics.augment import (Background, Compose, CrystalliteSize, LatticeStrain, PoissonNoise,
-                                          RandomDebyeWaller)
-from xrd_nexus_ml.identification.library import load_cif_library
+from xrd_nexus_ml.physics.augment import (
+    Background,
+    Compose,
+    CrystalliteSize,
+    LatticeStrain,
+    PoissonNoise,
+    RandomDebyeWaller,
+)
 
 
 def _recipe_key(steps: int, seed: int) -> str:

@@ -40,22 +40,26 @@ import torch.nn.functional as F
 from pymatgen.core import Composition, Element, Structure
 from torch import nn
 
+from training.loop import warmup_cosine
 from xrd_nexus_ml.identification.library import (
     LibraryError,
     PhaseLibrary,
     ReferencePhase,
     canonical_formula,
 )
-from xrd_nexus_ml.references import aflow_prototypes
-from xrd_nexus_ml.models import BinnedEncoder, RegNet1D
-from training.loop import warmup_cosine
 from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
+from xrd_nexus_ml.models import (
+    BinnedEncoder,
+    FlatClassifier,
+    HierarchicalExpert,
+    RegNet1D,
+    RegNetConfig,
+    build_moe,
+    default_expert_config,
+    default_trunk_config,
+)
 from xrd_nexus_ml.physics import PowderSimulator
-from xrd_nexus_ml.models import default_expert_config, default_trunk_config
-from xrd_nexus_ml.models import RegNetConfig
-from xrd_nexus_ml.models import FlatClassifier
-from xrd_nexus_ml.models import HierarchicalExpert
-from xrd_nexus_ml.models import build_moe
+from xrd_nexus_ml.references import aflow_prototypes
 
 # -- a large library by element substitution ----------------------------------------------------
 

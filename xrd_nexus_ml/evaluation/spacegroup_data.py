@@ -41,19 +41,18 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.errors import StructureError, XrdNexusMlError
+from xrd_nexus_ml.io import read_pattern, read_structure
+from xrd_nexus_ml.io.readers import SUPPORTED_SUFFIXES
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import symmetry
-from xrd_nexus_ml.physics.symmetry import CRYSTAL_SYSTEMS, crystal_system_index, extinction_group
-from xrd_nexus_ml.spacegroup.model import true_class_ranks
-from xrd_nexus_ml.io import read_structure
-from xrd_nexus_ml.physics.form_factors import check_supported
-from xrd_nexus_ml.references import aflow_prototypes
 from xrd_nexus_ml.physics.augment import default_pipeline
 from xrd_nexus_ml.physics.crystal import as_crystal_arrays
+from xrd_nexus_ml.physics.form_factors import check_supported
 from xrd_nexus_ml.physics.profiles import PeakProfile
 from xrd_nexus_ml.physics.simulator import PowderSimulator
-from xrd_nexus_ml.io import read_pattern
-from xrd_nexus_ml.io.readers import SUPPORTED_SUFFIXES
+from xrd_nexus_ml.physics.symmetry import CRYSTAL_SYSTEMS, crystal_system_index, extinction_group
+from xrd_nexus_ml.references import aflow_prototypes
+from xrd_nexus_ml.spacegroup.model import true_class_ranks
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ from xrd_nexus_ml.bundle import resolve_bundle
 from xrd_nexus_ml.steering import SteeringPolicy, SteeringResult, steer
 from xrd_nexus_ml.transitions import TransitionTracker, load_model, simulate_ramp
 from xrd_nexus_ml.transitions.detector import DetectorTracker
-from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs
-from xrd_nexus_ml.transitions.materials import simulate_material_ramp
+from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs, simulate_material_ramp
 
 GOAL_FRAME_RATIO = 3.0
 DEFAULT_MODEL = "end_to_end"
@@ -67,7 +66,8 @@ class Beamtime:
 
 def steering_sample_configs(n_ramps: int, seed: int) -> list[dict]:
     """The simulated samples of the steering evaluation (transition 15-45 GPa, wider than `evaluate
-    transition`'s, so that the coarse ramp meets it anywhere): transition pressure, coexistence width, noise, background, seed."""
+    transition`'s, so that the coarse ramp meets it anywhere): transition pressure, coexistence width, noise,
+    background, seed."""
     rng = np.random.default_rng(20_000 + seed)
     return [{
         "seed": int(seed * 1000 + 501 + i),

@@ -26,11 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xrd_nexus_ml.transitions.detector import AssemblageDetector
-from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs, simulate_material_ramp
 from training.transition import train_transition_models
 from xrd_nexus_ml.transitions.changepoint import TransitionTracker
-from xrd_nexus_ml.transitions.detector import DetectorSettings
+from xrd_nexus_ml.transitions.detector import AssemblageDetector, DetectorSettings
+from xrd_nexus_ml.transitions.materials import MATERIALS, beamline_configs, simulate_material_ramp
 
 #: What the training-free detector's settings were chosen on (besides, during its development, the
 #: schematic B1 -> B8 FeO of `ramp.PHASES` and compression-only ramps of the seed's B1 phase), on
@@ -73,7 +72,7 @@ def _score(ramp, estimates: list, settled_at: dict, seconds: float) -> dict:
     truths = list(ramp.transition_pressures)
     matched, extra = _match(truths, [e for e in estimates if math.isfinite(e.pressure)])
     rows = []
-    for k, (truth, e) in enumerate(zip(truths, matched)):
+    for _k, (truth, e) in enumerate(zip(truths, matched)):
         if e is None:
             rows.append({"truth": truth, "found": False})
             continue

@@ -13,7 +13,8 @@ Protocol (honest by construction):
    receives the frames one by one, in scan order.
 
 Figures per model (the change point of each model uses the systematic error measured on its
-own calibration ramps at training time, `calibration`): frame_accuracy (frames outside every coexistence region, all ramps pooled;
+own calibration ramps at training time, `calibration`): frame_accuracy (frames outside every
+coexistence region, all ramps pooled;
 also the worst ramp), frame_accuracy_all (every usable frame, majority phase as truth),
 fraction_mae_coexistence (|P(upper phase) - true fraction| inside the coexistence region),
 transition_error_steps (|estimate - truth| / pressure step after the last frame: mean, max,
@@ -26,7 +27,6 @@ estimate is settled for good (mean and max over the ramps where it settled; `set
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np

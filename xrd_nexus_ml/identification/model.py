@@ -22,12 +22,16 @@ import torch
 
 from xrd_nexus_ml.bundle import load_state, read_bundle, software_versions, write_bundle
 from xrd_nexus_ml.errors import ModelBundleError
-from xrd_nexus_ml.identification.library import ExpertPlan, LibraryError, canonical_formula
+from xrd_nexus_ml.identification.library import (
+    ExpertPlan,
+    LibraryError,
+    _check_elements,
+    canonical_formula,
+    formula_elements,
+)
 from xrd_nexus_ml.models import RegNetConfig, build_moe
 from xrd_nexus_ml.models.moe import MixtureOfExperts
 from xrd_nexus_ml.pattern import QGrid
-from xrd_nexus_ml.identification.library import formula_elements
-from xrd_nexus_ml.identification.library import _check_elements
 
 KIND = "identification-moe"
 CARD_VERSION = 1

@@ -34,6 +34,7 @@ from xrd_nexus_ml.physics.augment import (
     Compose,
     CrystalliteSize,
     GaussianNoise,
+    ImpurityPhase,
     IntensityScaling,
     LatticeStrain,
     PeakLoss,
@@ -41,12 +42,12 @@ from xrd_nexus_ml.physics.augment import (
     PoissonNoise,
     PreferredOrientation,
     RangeMask,
-    ImpurityPhase,
 )
 from xrd_nexus_ml.physics.profiles import render
 from xrd_nexus_ml.physics.simulator import SimulatedBatch
 from xrd_nexus_ml.preprocess.background import model_input, snip_background
 from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q  # the SNIP window of training and inference
+
 #: λ(Kα2)/λ(Kα1) of a copper tube: a Kα2 line sits at q × this ratio on the Kα1 q axis.
 CU_KALPHA2_RATIO = 1.54439 / 1.54056
 

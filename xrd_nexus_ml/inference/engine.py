@@ -13,29 +13,29 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from xrd_nexus_ml import __version__
 from xrd_nexus_ml.bundle import resolve_bundle, weights_digest
-from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.device import resolve_device
+from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.identification.identifier import Identifier
 from xrd_nexus_ml.identification.model import KIND as IDENTIFICATION_KIND
 from xrd_nexus_ml.inference.library import DEFAULT_THRESHOLD, LibraryGate
-from xrd_nexus_ml.records import FramePrediction, ModelProvenance
 from xrd_nexus_ml.inference.stages import IdentificationStage, SpaceGroupStage
 from xrd_nexus_ml.pattern import Diffractogram
+from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, prepare_frames
+from xrd_nexus_ml.records import FramePrediction, ModelProvenance
+from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
+from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup
 from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, OnlineChangePoint, systematic_options
 from xrd_nexus_ml.transitions.detector import ASSEMBLAGE_NAMES, AssemblageDetector, DetectorSettings
 from xrd_nexus_ml.transitions.detector import KIND as DETECTOR_KIND
-from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, prepare_frames
-from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
-from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup
 from xrd_nexus_ml.transitions.models import load_model
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class InferenceEngine:
         self.stages = tuple(stages)
 
     @classmethod
-    def from_bundles(cls, phase_model: str | Path = DEFAULT_PHASE_MODEL, gate_model: str | Path | None = DEFAULT_GATE_MODEL,
+    def from_bundles(cls, phase_model: str | Path = DEFAULT_PHASE_MODEL,
+                     gate_model: str | Path | None = DEFAULT_GATE_MODEL,
                      threshold: float = DEFAULT_THRESHOLD, device="auto", spacegroup_model: str | Path | None = None,
                      identification_model: str | Path | None = None, identification_options: dict | None = None,
                      **kwargs) -> InferenceEngine:
@@ -175,7 +176,8 @@ class InferenceEngine:
         if spacegroup_model is not None:
             symmetry = load_spacegroup(spacegroup_model, resolved)
             stages.append(SpaceGroupStage(symmetry))
-            provenance.append(_provenance("space_group", SPACEGROUP_KIND, Path(symmetry.source) / "card.json", resolved))
+            provenance.append(_provenance("space_group", SPACEGROUP_KIND, Path(symmetry.source) / "card.json",
+                                          resolved))
         if identification_model is not None:
             identification_dir = resolve_bundle(str(identification_model), task="identification")
             stages.append(IdentificationStage(Identifier.from_bundle(identification_dir,
@@ -278,7 +280,8 @@ class RunClassifier:
             records.append(self._record(frame, probs, usable, flag, math.nan, estimates))
         return records
 
-    def _add_stages(self, records: list[FramePrediction], patterns, axis: dict, prepared: dict) -> list[FramePrediction]:
+    def _add_stages(self, records: list[FramePrediction], patterns, axis: dict,
+                    prepared: dict) -> list[FramePrediction]:
         """Each stage's fields into the records; frames prepared once per (grid, SNIP window)."""
         errors: list[str] = []
         for stage in self.engine.stages:
@@ -325,7 +328,8 @@ class RunClassifier:
         engine = self.engine
         names, k = engine.phase_names, engine.top_k
         pressure = float(frame.pressure)
-        flag = "" if usable else {"flat": "zero", "out_of_range": "range", "unreadable": "nan"}.get(prep_flag, prep_flag or "nan")
+        flag = "" if usable else {"flat": "zero", "out_of_range": "range",
+                                  "unreadable": "nan"}.get(prep_flag, prep_flag or "nan")
         if usable and not math.isfinite(pressure):
             flag = "pressure"
         first = estimates[0] if estimates else None

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 from xrd_nexus_ml.preprocess.frames import PreparedFrames
+from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 
 DEFAULT_THRESHOLD = 0.82
 

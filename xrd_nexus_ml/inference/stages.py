@@ -9,16 +9,16 @@ failing leaves the others' fields intact (see `RunClassifier.classify`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from xrd_nexus_ml.identification.library import LibraryError
 from xrd_nexus_ml.pattern import QGrid
 from xrd_nexus_ml.preprocess.background import model_input
 from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, PreparedFrames
-from xrd_nexus_ml.identification.library import LibraryError
 
 
 @dataclass

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -663,7 +663,8 @@ class ImpurityPhase(Transform):
         weight = torch.where(active, fraction * main_max, torch.zeros_like(main_max)).unsqueeze(1)
         impurity = PeakList(q=torch.where(weight > 0, pool_q, torch.zeros_like(pool_q)),
                             intensity=pool_i * weight,
-                            hkl=torch.zeros(*pool_q.shape, 3, dtype=peaks.hkl.dtype, device=device), reciprocal_lattice=peaks.reciprocal_lattice)
+                            hkl=torch.zeros(*pool_q.shape, 3, dtype=peaks.hkl.dtype, device=device),
+                            reciprocal_lattice=peaks.reciprocal_lattice)
         return replace(state, peaks=peaks.concatenate(impurity)), {"impurity": pick, "fraction": fraction}
 
 

@@ -116,7 +116,8 @@ class CrystalBatch:
             n = len(c.atomic_numbers)
             coords[i, :n], z[i, :n], occ[i, :n], bfac[i, :n] = c.frac_coords, c.atomic_numbers, c.occupancy, c.b_factors
             if c.volume < 1e-3:
-                raise StructureError(f"{c.name or f'structure {i}'}: the lattice is degenerate (volume {c.volume:g} Å³)")
+                raise StructureError(f"{c.name or f'structure {i}'}: the lattice is degenerate "
+                                     f"(volume {c.volume:g} Å³)")
         check_supported(z)
         lattice = np.stack([c.lattice for c in crystals])
         as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731

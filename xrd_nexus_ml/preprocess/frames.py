@@ -23,7 +23,6 @@ from xrd_nexus_ml.errors import PatternError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid
 from xrd_nexus_ml.preprocess.background import snip_background
 
-
 #: SNIP background window (Å⁻¹) of every model that reads background-free frames.
 SNIP_WIDTH_Q = 0.12
 
@@ -267,17 +266,24 @@ def _batch_groups(frames, two_theta, wavelength, grid: QGrid) -> list[_Group]:
         if two_theta is None:
             if y.size != grid.n_points:
                 continue
-            key, make = ("grid",), lambda: _Group("q", grid.values, None, None, [], [])
+            key = ("grid",)
+
+            def make():
+                return _Group("q", grid.values, None, None, [], [])
         elif base is None or y.size < 2:
             continue
         elif y.size == base.size:
-            key, make = ("axis",), lambda: _Group("two_theta", base, wavelength, None, [], [])
+            key = ("axis",)
+
+            def make():
+                return _Group("two_theta", base, wavelength, None, [], [])
         else:  # wrong length: assumed to span the detector's nominal range (as `_one_frame`)
             note = (f"resampled from {y.size} points (expected {base.size}) over 2θ "
                     f"{base[0]:g}-{base[-1]:g}")
             key = ("resampled", y.size)
-            make = (lambda size=y.size, note=note:
-                    _Group("two_theta", np.linspace(base[0], base[-1], size), wavelength, note, [], []))
+
+            def make(size=y.size, note=note):
+                return _Group("two_theta", np.linspace(base[0], base[-1], size), wavelength, note, [], [])
         group = groups.get(key)
         if group is None:
             group = groups[key] = make()

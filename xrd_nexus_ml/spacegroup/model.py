@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrd_nexus_ml.bundle import (WEIGHTS_FILE, load_state, read_bundle, resolve_bundle, software_versions, weights_digest,
-                                  write_bundle)
 from xrd_nexus_ml import preprocess
+from xrd_nexus_ml.bundle import (
+    load_state,
+    read_bundle,
+    resolve_bundle,
+    software_versions,
+    weights_digest,
+    write_bundle,
+)
 from xrd_nexus_ml.errors import ModelBundleError
 from xrd_nexus_ml.models.resnet1d import ResNetConfig, SymmetryClassifier
 from xrd_nexus_ml.pattern import QGrid
@@ -63,7 +69,8 @@ class SpaceGroupPrediction:
     confidence: float  # the crystal-system head's top probability, compared with the threshold
 
     def to_dict(self) -> dict:
-        return {"space_group": [{"number": n, "symbol": s, "probability": round(p, 4)} for n, s, p in self.space_groups],
+        return {"space_group": [{"number": n, "symbol": s, "probability": round(p, 4)}
+                                for n, s, p in self.space_groups],
                 "extinction_group": [{"index": i, "name": s, "probability": round(p, 4)}
                                      for i, s, p in self.extinction_groups],
                 "crystal_system": [{"name": s, "probability": round(p, 4)} for s, p in self.crystal_systems],

@@ -35,7 +35,7 @@ Frames out of control order (a steered scan bisecting a bracket) do not move the
 are scored against the assemblage(s) on either side of their control value and only add
 evidence. A scan that turns back (decompression) is split into legs by `detect_series`.
 Tuned (threshold, confirm, the systematic term) on the materials of
-`evaluation.transition_materials.TUNING_MATERIALS` only; see the README for the held-out scores.
+`evaluation.transition_materials.TUNING_MATERIALS` only; the held-out scores are in docs/transition-detector.md.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from scipy.signal import find_peaks
 
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.pattern import Diffractogram, QGrid, two_theta_to_q
-from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, FrameRecord, OnlineChangePoint
 from xrd_nexus_ml.preprocess.frames import prepare_frames
+from xrd_nexus_ml.transitions.changepoint import BoundaryEstimate, FrameRecord, OnlineChangePoint
 
 #: Distinct assemblages one scan can hold (so at most MAX_ASSEMBLAGES - 1 transitions).
 MAX_ASSEMBLAGES = 4
@@ -147,8 +147,8 @@ class _Assemblage:
     hi: float = -math.inf
     settled_split: np.ndarray | None = None  # bool per reflection: already split when it began
     anchor_sigma: float = 1e-3  # noise σ of the anchor frame
-    widths: list = field(default_factory=list)
-    reference_total: float = 1.0  # total signal of the frames whose heights `reference_height` holds  # the reflections' widths at the last few accepted frames
+    widths: list = field(default_factory=list)  # the reflections' widths at the last few accepted frames
+    reference_total: float = 1.0  # total signal of the frames whose heights `reference_height` holds
 
 
 class _Axis:
@@ -292,7 +292,8 @@ class AssemblageDetector:
         sys = max(self.settings.systematic_steps * gap, MIXTURE_FRACTION * (hi - lo))
         total = math.hypot(b.sigma, sys)
         lo, hi = b.interval
-        interval = (b.pressure - math.hypot(b.pressure - lo, 1.96 * sys), b.pressure + math.hypot(hi - b.pressure, 1.96 * sys))
+        interval = (b.pressure - math.hypot(b.pressure - lo, 1.96 * sys),
+                    b.pressure + math.hypot(hi - b.pressure, 1.96 * sys))
         return replace(b, sigma=total, interval=interval)
 
     @property
@@ -377,7 +378,8 @@ class AssemblageDetector:
             self._start_assemblage(y, m, sigma, control, previous=None)
             self._top = control
             return self._record(index, control, 0, "same", (0.0, 0.0, 0.0, 0.0), 0.0)
-        forward = control >= self._top or not self._coexisting and not self._pending and control >= self.assemblages[-1].hi
+        forward = (control >= self._top
+                   or not self._coexisting and not self._pending and control >= self.assemblages[-1].hi)
         if not forward:
             return self._side(index, y, m, sigma, control)
         self._top = max(self._top, control)
@@ -546,7 +548,8 @@ class AssemblageDetector:
         support = np.zeros(n + 1)
         # a reflection's extent: its width plus its tails (Lorentzian-like tails of a strong peak
         # stay above the noise further out: the reach grows as the square root of height / noise)
-        tails = 0.5 * np.maximum(width, refl.width) * np.sqrt(np.maximum(1.0, 0.5 * expected / (s.noise_sigmas * sigma)))
+        tails = 0.5 * np.maximum(width, refl.width) * np.sqrt(
+            np.maximum(1.0, 0.5 * expected / (s.noise_sigmas * sigma)))
         half = np.maximum(np.maximum(width, refl.width), tails) + s.window_widths * self._fwhm
         if a.settled_split is not None and a.settled_split.size == half.size:
             half = np.where(a.settled_split, 2.0 * half, half)  # a growing split spreads its components

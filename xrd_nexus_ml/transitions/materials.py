@@ -40,8 +40,10 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.errors import StructureError
+from xrd_nexus_ml.io.readers import read_structure
 from xrd_nexus_ml.pattern import energy_to_wavelength
 from xrd_nexus_ml.physics import CrystalArrays, PeakProfile, PowderSimulator
+from xrd_nexus_ml.physics.augment import Compose, PreferredOrientation
 from xrd_nexus_ml.transitions import ramp as _ramp
 from xrd_nexus_ml.transitions.ramp import (
     FERROPERICLASE_MW80,
@@ -56,8 +58,6 @@ from xrd_nexus_ml.transitions.ramp import (
     measured_frames,
     phase_fractions,
 )
-from xrd_nexus_ml.io.readers import read_structure
-from xrd_nexus_ml.physics.augment import Compose, PreferredOrientation
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure

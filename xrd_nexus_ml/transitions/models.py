@@ -50,8 +50,8 @@ from torch import nn
 from xrd_nexus_ml.bundle import read_bundle, software_versions, write_bundle
 from xrd_nexus_ml.errors import ModelBundleError, XrdNexusMlError
 from xrd_nexus_ml.pattern import CANONICAL_GRID, QGrid
-from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 from xrd_nexus_ml.preprocess.frames import PreparedFrames, prepare_frames
+from xrd_nexus_ml.transitions.alignment import CompressionAlignment
 from xrd_nexus_ml.transitions.calibration import changepoint_calibration
 
 #: w_b = max(0, A * A_b^2 - B): the seed's believability weight of a bin with accuracy A_b.
