@@ -1,7 +1,7 @@
 """Read every frame of a NeXus powder file (ours or another beamline's) for classification.
 
 `read_patterns(path)` follows the file's default plot (the ``default`` attributes, as
-`xrd_nexus_ml.io.read_nexus` does, whose helpers it reuses) and returns one `Diffractogram`
+`xrd_nexus_ml.io.read_nexus` does, with the helpers of `xrd_nexus_ml.io.nexus`) and returns one `Diffractogram`
 per frame with the frame's pressure (GPa) and beam energy (keV). `read_nexus` reads only the
 first frame of a stack; this reader reads all of them, each with its own wavelength where the
 file records one per frame.
@@ -21,19 +21,17 @@ import numpy as np
 
 from nexus_definitions import layout as L
 from xrd_nexus_ml.errors import PatternError
-from xrd_nexus_ml.io.readers import (
-    _axis_dataset,
-    _axis_values,
-    _entry_of,
-    _error,
-    _existing_file,
-    _find_nxdata,
-    _h5_values,
-    _make_pattern,
-    _nexus_descriptions,
-    _nexus_wavelength,
-    _nx_class,
-    _signal_dataset,
+from xrd_nexus_ml.io.base import existing_file, file_error, make_pattern
+from xrd_nexus_ml.io.nexus import (
+    axis_dataset,
+    axis_values,
+    entry_of,
+    find_nxdata,
+    h5_values,
+    nexus_descriptions,
+    nexus_wavelength,
+    nx_class,
+    signal_dataset,
 )
 from xrd_nexus_ml.pattern import HC_KEV_ANGSTROM, Diffractogram, resolve_wavelength
 
@@ -51,16 +49,16 @@ def open_for_reading(path):
     """Open an HDF5 file read-only; a file still open for writing (or left so by a crash) is read in SWMR mode."""
     import h5py
 
-    p = _existing_file(path)
+    p = existing_file(path)
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
         if "already open for write" not in str(exc):
-            raise _error(p, f"not a readable HDF5/NeXus file ({exc})") from None
+            raise file_error(p, f"not a readable HDF5/NeXus file ({exc})") from None
         try:
             f = h5py.File(p, "r", swmr=True)
         except OSError as exc2:
-            raise _error(p, f"the file is marked open for writing and cannot be read in SWMR mode either ({exc2}); "
+            raise file_error(p, f"the file is marked open for writing and cannot be read in SWMR mode either ({exc2}); "
                             "run `xrd-nexus-ml nexus recover` on it") from None
         log.info("%s is still open for writing (or its writer died); reading it in SWMR mode", p)
     try:
@@ -86,14 +84,14 @@ def _complete_frames(entry, n_rows: int) -> tuple[int, np.ndarray]:
 def frame_count(path, h5file, entry: str | None = None) -> int:
     """Number of frames (rows of the default plot's signal; 1 for a single pattern)."""
     p = Path(path)
-    nxdata = _find_nxdata(p, h5file, entry)
+    nxdata = find_nxdata(p, h5file, entry)
 
-    signal = _signal_dataset(p, nxdata)
+    signal = signal_dataset(p, nxdata)
     n_rows = 1 if signal.ndim <= 1 else int(signal.shape[0])
     if signal.ndim > 2:
-        raise _error(p, f"HDF5 dataset {signal.name} has shape {signal.shape}; expected one pattern or a stack "
+        raise file_error(p, f"HDF5 dataset {signal.name} has shape {signal.shape}; expected one pattern or a stack "
                         "(frames, points)")
-    return _complete_frames(_entry_of(nxdata), n_rows)[0]
+    return _complete_frames(entry_of(nxdata), n_rows)[0]
 
 
 def _per_frame(path, entry, n: int, names: tuple[str, ...], classes: tuple[str, ...] | None, scale: dict[str, float],
@@ -111,18 +109,18 @@ def _per_frame(path, entry, n: int, names: tuple[str, ...], classes: tuple[str, 
             obj = entry[name]
         except (KeyError, OSError):
             return
-        if isinstance(obj, h5py.Dataset) and (classes is None or _nx_class(parent) in classes):
+        if isinstance(obj, h5py.Dataset) and (classes is None or nx_class(parent) in classes):
             found.append(obj)
 
     entry.visit_links(visit)
     for dataset in found:
-        values = np.ravel(_h5_values(path, dataset))
+        values = np.ravel(h5_values(path, dataset))
         if values.size < n:
             continue
         unit = _unit(dataset) or default_unit
         unit = unit.replace("angstroms", "angstrom")
         if unit not in scale:
-            raise _error(path, f"units {unit!r} of HDF5 dataset {dataset.name} are not one of {sorted(scale)}")
+            raise file_error(path, f"units {unit!r} of HDF5 dataset {dataset.name} are not one of {sorted(scale)}")
         return values[:n] * scale[unit], dataset.name
     return None, None
 
@@ -139,23 +137,23 @@ def read_patterns(path, entry: str | None = None, wavelength: float | str | None
     """
     if on_bad_frame not in ("raise", "skip"):
         raise PatternError(f"on_bad_frame must be 'raise' or 'skip', got {on_bad_frame!r}", str(path))
-    p = _existing_file(path)
+    p = existing_file(path)
     with open_for_reading(p) as h5:
-        nxdata = _find_nxdata(p, h5, entry)
+        nxdata = find_nxdata(p, h5, entry)
 
-        signal = _signal_dataset(p, nxdata)
+        signal = signal_dataset(p, nxdata)
         if signal.ndim == 0 or signal.ndim > 2:
-            raise _error(p, f"HDF5 dataset {signal.name} has shape {signal.shape}; expected one pattern or a stack "
+            raise file_error(p, f"HDF5 dataset {signal.name} has shape {signal.shape}; expected one pattern or a stack "
                             "(frames, points)")
-        y_all = _h5_values(p, signal)
+        y_all = h5_values(p, signal)
         if y_all.ndim == 1:
             y_all = y_all[None, :]
-        entry_group = _entry_of(nxdata)
+        entry_group = entry_of(nxdata)
         n, seq = _complete_frames(entry_group, y_all.shape[0])
-        axis_dataset = _axis_dataset(p, nxdata)
-        x_all, axis, unit_note = _axis_values(p, axis_dataset)
+        x_dataset = axis_dataset(p, nxdata)
+        x_all, axis, unit_note = axis_values(p, x_dataset)
         if x_all.ndim > 2:
-            raise _error(p, f"HDF5 axis {axis_dataset.name} has shape {x_all.shape}")
+            raise file_error(p, f"HDF5 axis {x_dataset.name} has shape {x_all.shape}")
         lam_arg = resolve_wavelength(wavelength, str(p)) if wavelength is not None else None
         lam, lam_path = _per_frame(p, entry_group, n, ("wavelength", "incident_wavelength"),
                                    ("NXmonochromator", "NXbeam", "NXcrystal"), _WAVELENGTH_TO_ANGSTROM, "angstrom")
@@ -166,14 +164,14 @@ def read_patterns(path, entry: str | None = None, wavelength: float | str | None
                 lam = HC_KEV_ANGSTROM / energy
             lam_path = energy_path
         if lam is None:  # a single value somewhere in the entry (read_nexus' rules)
-            single, single_path = _nexus_wavelength(p, entry_group)
+            single, single_path = nexus_wavelength(p, entry_group)
             if single is not None:
                 lam, lam_path = np.full(n, single), single_path
         if energy is None and lam is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 energy = HC_KEV_ANGSTROM / lam
         pressure, pressure_path = _per_frame(p, entry_group, n, ("pressure",), ("NXsample",), _PRESSURE_TO_GPA, "gpa")
-        descriptions = _nexus_descriptions(entry_group)
+        descriptions = nexus_descriptions(entry_group)
         patterns, pressures, energies = [], [], []
         for i in range(n):
             x = x_all[i] if x_all.ndim == 2 else x_all
@@ -184,7 +182,7 @@ def read_patterns(path, entry: str | None = None, wavelength: float | str | None
                 float(lam[i]) if lam is not None and math.isfinite(lam[i]) and lam[i] > 0 else None)
             metadata = {
                 "format": "nexus", "entry": entry_group.name, "nxdata": nxdata.name, "signal": signal.name,
-                "axis_dataset": axis_dataset.name, "axis_units": unit_note, "frame_index": i, "seq_num": int(seq[i]),
+                "axis_dataset": x_dataset.name, "axis_units": unit_note, "frame_index": i, "seq_num": int(seq[i]),
                 "wavelength_origin": "argument" if lam_arg is not None else ("file" if frame_lam else "none"),
                 **descriptions,
             }
@@ -193,7 +191,7 @@ def read_patterns(path, entry: str | None = None, wavelength: float | str | None
             if pressure_path:
                 metadata["pressure_path"] = pressure_path
             try:
-                pattern = _make_pattern(p, x, y, axis=axis, wavelength=frame_lam, metadata=metadata,
+                pattern = make_pattern(p, x, y, axis=axis, wavelength=frame_lam, metadata=metadata,
                                         where=lambda j, i=i: f"frame {i} (seq_num {int(seq[i])}), point {j + 1}")
             except PatternError:
                 if on_bad_frame == "raise":
