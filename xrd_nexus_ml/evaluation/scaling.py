@@ -41,6 +41,7 @@ from pymatgen.core import Composition, Element, Structure
 from torch import nn
 
 from training.loop import warmup_cosine
+from xrd_nexus_ml.device import resolve_device
 from xrd_nexus_ml.identification.library import (
     LibraryError,
     PhaseLibrary,
@@ -405,7 +406,7 @@ def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int 
     `impurity_pool_size` references: the whole library's padded peaks would not fit in memory
     at 10^4 classes and more."""
     models = (models or ScalingModels()).resolved()
-    dev = torch.device(device)
+    dev = resolve_device(device)
     started = time.perf_counter()
     simulator = PowderSimulator(device="cpu")
     cache = PeakCache.build([p.structure for p in library.phases], simulator)
@@ -503,7 +504,7 @@ def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int = 150
     """Top-1/top-5, training time, inference time and size of flat, hierarchical and MoE models
     for each number of classes in `sizes`, each on `substituted_library(size, seed)` with the
     same budget of `steps` × `batch_size` augmented patterns (see `evaluate_size`)."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     out: dict[str, Any] = {"device": str(dev), "hardware": _hardware(dev), "sizes": [int(s) for s in sizes],
                            "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
                            "test_patterns": int(test_patterns), "results": [], "libraries": []}

@@ -59,10 +59,7 @@ class PowderSimulator:
         self.wavelength = resolve_wavelength(self.wavelength)
         if isinstance(self.grid, QGrid):
             self.grid = RenderGrid.from_qgrid(self.grid)
-        self.device = torch.device(self.device) if self.device is not None else resolve_device("auto")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            log.warning("CUDA requested but not available; simulating on the CPU")
-            self.device = torch.device("cpu")
+        self.device = resolve_device(self.device)
 
     @property
     def settings(self) -> RenderSettings:
