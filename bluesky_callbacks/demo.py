@@ -29,6 +29,7 @@ from nexus_definitions import layout as L
 from nexus_definitions.layout import decode
 from nexus_definitions.validate import validate_file
 from xrd_nexus_ml.inference import InferenceEngine
+from xrd_nexus_ml.spacegroup.model import UNDETERMINED
 from xrd_nexus_ml.steering import SteeringPolicy
 from xrd_nexus_ml.transitions.materials import MATERIALS
 
@@ -232,8 +233,10 @@ def _most_common(values) -> tuple[object, int]:
 
 def _companions(frames: dict, where: np.ndarray) -> dict:
     """What the space-group and identification models said most often over some frames."""
-    numbers = [int(v) for v in np.asarray(frames["space_group_number"])[where] if int(v) > 0]
     systems = [s for s, w in zip(frames["crystal_system"], where) if w and s]
+    # a frame with a space-group prediction ("" crystal system: none) and number 0 was undetermined
+    numbers = [int(n) if int(n) > 0 else UNDETERMINED
+               for n, s, w in zip(np.asarray(frames["space_group_number"]), frames["crystal_system"], where) if w and s]
     named = [m for m, w in zip(frames["material"], where) if w and m]
     space_group, sg_frames = _most_common(numbers)
     system, system_frames = _most_common(systems)

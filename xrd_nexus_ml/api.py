@@ -26,7 +26,7 @@ from xrd_nexus_ml.io import read_structure
 from xrd_nexus_ml.pattern import Diffractogram
 from xrd_nexus_ml.physics import PowderSimulator, RenderGrid
 from xrd_nexus_ml.spacegroup.model import KIND as SPACEGROUP_KIND
-from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, predict_patterns
+from xrd_nexus_ml.spacegroup.model import UNDETERMINED, SpaceGroupModel, predict_patterns
 from xrd_nexus_ml.spacegroup.model import load_model as load_spacegroup_model
 from xrd_nexus_ml.transitions.models import MODELS as TRANSITION_KINDS
 from xrd_nexus_ml.transitions.models import load_model as load_transition_model
@@ -93,18 +93,20 @@ def identify(pattern_or_path, model: str | Path = "identification/default", elem
 
 def classify_space_group(pattern_or_path, model: str | Path = "spacegroup/default", top_k: int = 5,
                          wavelength=None) -> dict:
-    """The space-group model's answer for one pattern: {"space_group" (number), "symbol", "probability",
-    "crystal_system", "crystalline", "top_k": [{"number", "symbol", "probability"}, ...],
-    "extinction_group"}. The probabilities are calibrated on synthetic crystals only: on measured
-    patterns the top-1 is often wrong (see the model card); read `top_k` and the probability."""
+    """The space-group model's answer for one pattern: {"space_group" (number), "symbol",
+    "probability", "crystal_system", "extinction_group", "crystalline", "top_k": [{"number", "symbol",
+    "probability"}, ...]}. A head whose probability is below the model's answer threshold says
+    "undetermined" (symbol None); `top_k` still ranks the candidates with their probabilities."""
     network = load_model(model)
     if not isinstance(network, SpaceGroupModel):
         raise ModelBundleError(f"{model}: not a space-group model")
-    prediction = predict_patterns([_pattern(pattern_or_path, wavelength)], network, top_k=top_k)[0].to_dict()
-    best = prediction["space_group"][0]
-    return {"space_group": best["number"], "symbol": best["symbol"], "probability": best["probability"],
-            "crystal_system": prediction["crystal_system"][0]["name"], "crystalline": prediction["crystalline"],
-            "top_k": prediction["space_group"], "extinction_group": prediction["extinction_group"][0]["name"]}
+    prediction = predict_patterns([_pattern(pattern_or_path, wavelength)], network, top_k=top_k)[0]
+    sg, ext, system = prediction.space_group, prediction.extinction_group, prediction.crystal_system
+    return {"space_group": sg[0] if sg else UNDETERMINED, "symbol": sg[1] if sg else None,
+            "probability": round(prediction.space_groups[0][2], 4),
+            "crystal_system": system[0] if system else UNDETERMINED,
+            "extinction_group": ext[1] if ext else UNDETERMINED, "crystalline": prediction.crystalline,
+            "top_k": prediction.to_dict()["space_group"]}
 
 
 def simulate(cif_or_structure, wavelength="CuKa1", two_theta=None) -> Diffractogram:

@@ -64,7 +64,7 @@ class FramePrediction:
     library_similarity: float = math.nan
     space_group_number: int = 0
     space_group_probability: float = math.nan
-    crystal_system: str = ""  # most probable crystal system ("" when no space-group prediction)
+    crystal_system: str = ""  # "undetermined" below the model's threshold; "" when no space-group prediction
     material: str = ""  # identified phases' formulas joined by "+" ("" when none was identified)
     material_probability: float = math.nan  # calibrated probability of the first identified phase
     material_out_of_library: bool = False  # no phase of the identification library explains the frame
@@ -154,9 +154,11 @@ def event_data_keys(n_phases: int, top_k: int) -> dict[str, dict]:
         "library_similarity": _key("number", "<f8", [], None,
                                    "best cosine similarity to the model's reference patterns"),
         "space_group_number": _key("integer", "<i8", [], None,
-                                   "predicted space group (0: no model, or the frame does not look crystalline)"),
-        "space_group_probability": _key("number", "<f8", [], None, "probability of space_group_number"),
-        "crystal_system": _key("string", None, [], None, "most probable crystal system ('' when none)"),
+                                   "predicted space group (0: undetermined, below the model's answer threshold; "
+                                   "no model; or the frame does not look crystalline)"),
+        "space_group_probability": _key("number", "<f8", [], None, "probability of space_group_number (NaN: none)"),
+        "crystal_system": _key("string", None, [], None,
+                               "crystal system; 'undetermined' below the model's answer threshold ('' when none)"),
         "material": _key("string", None, [], None, "identified phases (formulas joined by '+'; '' when none)"),
         "material_probability": _key("number", "<f8", [], None, "probability of the first identified phase"),
         "material_out_of_library": _key("boolean", "|b1", [], None,

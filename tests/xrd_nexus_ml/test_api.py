@@ -55,9 +55,12 @@ def test_simulate_and_classify_the_space_group():
     assert pattern.intensity.max() == pytest.approx(1.0)
     assert np.argmax(pattern.intensity) > 0  # peaks, not a flat line
     answer = xnm.classify_space_group(pattern, top_k=3)
-    assert len(answer["top_k"]) == 3 and answer["top_k"][0]["number"] == answer["space_group"]
+    assert len(answer["top_k"]) == 3 and answer["top_k"][0]["probability"] == answer["probability"]
     assert 0.0 <= answer["probability"] <= 1.0
+    # the shipped model never answers a space group (no threshold keeps 90 % of its answers right):
+    # the answer says so, and the ranking is still there
+    assert answer["space_group"] == "undetermined" and answer["symbol"] is None
     assert answer["crystal_system"] in {"triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal",
-                                        "hexagonal", "cubic"}
+                                        "hexagonal", "cubic", "undetermined"}
     with pytest.raises(ModelBundleError, match="not a space-group model"):
         xnm.classify_space_group(pattern, model="transition/end_to_end")

@@ -10,14 +10,24 @@ from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, pri
 
 
 def describe_symmetry(symmetry: dict) -> str:
-    """One line for the terminal from `SpaceGroupPrediction.to_dict()`."""
+    """One line for the terminal from `SpaceGroupPrediction.to_dict()`: each head's answer, or
+    "undetermined" with the model's best guess and its probability."""
     if not symmetry["crystalline"]:
         return f"not a crystal pattern (confidence {symmetry['confidence']:.2f}, below the model's threshold)"
-    best, ext, system = symmetry["space_group"][0], symmetry["extinction_group"][0], symmetry["crystal_system"][0]
-    top5 = ", ".join(str(s["number"]) for s in symmetry["space_group"])
-    return (f"space group {best['symbol']} ({best['number']}, p={best['probability']:.2f}; top-5 {top5}); "
-            f"extinction group {ext['name'].split(' [')[0]} (p={ext['probability']:.2f}); "
-            f"{system['name']} (p={system['probability']:.2f})")
+    answer, best = symmetry["answer"], symmetry["space_group"][0]
+    if isinstance(answer["space_group"], dict):
+        top5 = ", ".join(str(s["number"]) for s in symmetry["space_group"])
+        space_group = (f"space group {best['symbol']} ({best['number']}, p={best['probability']:.2f}; "
+                       f"top-5 {top5})")
+    else:
+        space_group = f"space group undetermined (best guess {best['symbol']}, p={best['probability']:.2f})"
+    ext, system = answer["extinction_group"], answer["crystal_system"]
+    ext_text = (f"extinction group {ext['name'].split(' [')[0]} (p={ext['probability']:.2f})"
+                if isinstance(ext, dict) else "extinction group undetermined")
+    system_text = (f"{system['name']} (p={system['probability']:.2f})" if isinstance(system, dict)
+                   else f"crystal system undetermined (best guess {symmetry['crystal_system'][0]['name']}, "
+                        f"p={symmetry['crystal_system'][0]['probability']:.2f})")
+    return f"{space_group}; {ext_text}; {system_text}"
 
 
 def classify_nexus_files(files, args) -> int:

@@ -19,9 +19,11 @@ def print_demo_table(summary: dict) -> None:
     for name, info in summary["phases"].items():
         lo, hi = info["pressure_range_gpa"]
         n = info["frames"]
-        space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} "
-                       f"({info['space_group_frames']}/{n})"
-                       if info["space_group"] else "-")
+        if info["space_group"] == "undetermined" or not info["space_group"]:
+            space_group = f"{info['space_group']} ({info['space_group_frames']}/{n})" if info["space_group"] else "-"
+        else:
+            space_group = (f"{info['space_group']} {space_group_symbol(info['space_group'])} "
+                           f"({info['space_group_frames']}/{n})")
         system = f"{info['crystal_system']} ({info['crystal_system_frames']}/{n})" if info["crystal_system"] else "-"
         if info["material"]:
             material = f"{info['material']} ({info['material_frames']}/{n})"

@@ -7,14 +7,34 @@ import os
 from xrd_nexus_ml.cli.common import print_json
 
 
+def cmd_tune_thresholds(args) -> int:
+    from xrd_nexus_ml.bundle import resolve_bundle  # local: start-up time
+    from xrd_nexus_ml.device import resolve_device
+    from xrd_nexus_ml.evaluation.spacegroup import tune_answer_thresholds, write_answer_thresholds
+    from xrd_nexus_ml.spacegroup.model import load_model
+
+    folder = resolve_bundle(args.model, task="spacegroup")
+    tuned = tune_answer_thresholds(load_model(folder, device=resolve_device(args.device)), seed=args.seed)
+    if args.write:
+        tuned["card"] = str(write_answer_thresholds(folder, tuned))
+    print_json(tuned)
+    return 0
+
+
 def cmd_evaluate_spacegroup(args) -> int:
     from xrd_nexus_ml.evaluation.spacegroup import evaluate_spacegroup  # local: start-up time
 
+    if args.tune_thresholds:
+        return cmd_tune_thresholds(args)
     result = evaluate_spacegroup(args.model, patterns=args.patterns, labels=args.labels, wavelength=args.wavelength,
                                  device=args.device, seed=args.seed)
     if args.json:
         print_json(result)
         return 0
+    at = result["accuracy_at_coverage"]
+    print(f"space group answered for {result['coverage']:.1%} of the patterns (threshold "
+          f"{result['answers']['space_group']['threshold']:.2f}); accuracy when answering the most confident "
+          f"50 %: {at['0.5']:.3f}, all: {at['1']:.3f}")
     print(f"{result['n_patterns']} patterns: space group top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}; "
           f"extinction group top-1 {result['extinction_top1']:.3f}; crystal system top-1 "
           f"{result['crystal_system_top1']:.3f}; {1000 * result['seconds_per_pattern']:.2f} ms/pattern on "
@@ -76,5 +96,9 @@ def add_parsers(evaluate, train) -> None:
     e.add_argument("--wavelength", default=None, help="Å or anode name for two-column 2θ files")
     e.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--tune-thresholds", action="store_true",
+                   help="set each head's answer threshold (90 %% right answers) on the AFLOW prototypes and report "
+                        "it on the pyxtal structures it never saw (JSON)")
+    e.add_argument("--write", action="store_true", help="with --tune-thresholds: record them in the model's card")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate_spacegroup)

@@ -19,6 +19,7 @@ from xrd_nexus_ml.identification.library import LibraryError
 from xrd_nexus_ml.pattern import QGrid
 from xrd_nexus_ml.preprocess.background import model_input
 from xrd_nexus_ml.preprocess.frames import SNIP_WIDTH_Q, PreparedFrames
+from xrd_nexus_ml.spacegroup.model import UNDETERMINED
 
 
 @dataclass
@@ -27,7 +28,9 @@ class SpaceGroupStage:
 
     The network reads the pattern with its background (it was trained that way), so the frames
     are prepared without SNIP. A frame the model does not find crystalline (flat, noise, an
-    amorphous hump) gets no space group: number 0, probability NaN, crystal system ""."""
+    amorphous hump) gets no space group: number 0, probability NaN, crystal system "". Where the
+    model is below its answer threshold for a head, that head says so: space group number 0 with
+    probability NaN, crystal system "undetermined" (`SpaceGroupPrediction.answer`)."""
 
     model: object  # xrd_nexus_ml.spacegroup.model.SpaceGroupModel
     task: str = "space_group"
@@ -48,9 +51,10 @@ class SpaceGroupStage:
         probs = self.model.probabilities(torch.from_numpy(model_input(prepared.x[rows], prepared.mask[rows])))
         for row, prediction in zip(rows, self.model.predictions(probs, top_k=1)):
             if prediction.crystalline:
-                number, _, probability = prediction.space_groups[0]
-                out[row] = {"space_group_number": number, "space_group_probability": probability,
-                            "crystal_system": prediction.crystal_systems[0][0]}
+                space_group, system = prediction.space_group, prediction.crystal_system
+                out[row] = {"space_group_number": space_group[0] if space_group else 0,
+                            "space_group_probability": space_group[2] if space_group else math.nan,
+                            "crystal_system": system[0] if system else UNDETERMINED}
         return out
 
 

@@ -37,6 +37,10 @@ from xrd_nexus_ml.physics import symmetry
 KIND = "spacegroup-resnet"
 CARD_VERSION = 1
 CRYSTAL_SYSTEMS = symmetry.CRYSTAL_SYSTEMS
+#: What a head says when its top probability is below its answer threshold.
+UNDETERMINED = "undetermined"
+#: Answer thresholds of a card that records none: an answer only at even odds or better.
+DEFAULT_ANSWER_THRESHOLDS = {"space_group": 0.5, "extinction_group": 0.5, "crystal_system": 0.5}
 
 
 def head_sizes() -> dict[str, int]:
@@ -60,16 +64,40 @@ def model_input(intensity: np.ndarray | torch.Tensor, mask: np.ndarray | torch.T
 
 @dataclass
 class SpaceGroupPrediction:
-    """Top-k of each head with probabilities, and whether the pattern looks crystalline."""
+    """Top-k of each head with probabilities, whether the pattern looks crystalline, and which
+    heads answer: a head whose top probability is below the model's answer threshold for it
+    says "undetermined" (`answer`), so that no guess is written where an answer is expected."""
 
     space_groups: list[tuple[int, str, float]]  # (number, Hermann-Mauguin symbol, probability)
     extinction_groups: list[tuple[int, str, float]]  # (index, name, probability)
     crystal_systems: list[tuple[str, float]]
     crystalline: bool
     confidence: float  # the crystal-system head's top probability, compared with the threshold
+    answered: dict[str, bool] = field(default_factory=dict)  # per head: top probability >= its threshold
+
+    @property
+    def space_group(self) -> tuple[int, str, float] | None:
+        """(number, symbol, probability), or None: undetermined or not a crystal pattern."""
+        return self.space_groups[0] if self.crystalline and self.answered.get("space_group") else None
+
+    @property
+    def extinction_group(self) -> tuple[int, str, float] | None:
+        return self.extinction_groups[0] if self.crystalline and self.answered.get("extinction_group") else None
+
+    @property
+    def crystal_system(self) -> tuple[str, float] | None:
+        return self.crystal_systems[0] if self.crystalline and self.answered.get("crystal_system") else None
+
+    def answer(self) -> dict:
+        """Each head's answer, or "undetermined" (below its threshold, or not a crystal pattern)."""
+        sg, ext, cs = self.space_group, self.extinction_group, self.crystal_system
+        return {"space_group": ({"number": sg[0], "symbol": sg[1], "probability": round(sg[2], 4)} if sg
+                                else UNDETERMINED),
+                "extinction_group": {"name": ext[1], "probability": round(ext[2], 4)} if ext else UNDETERMINED,
+                "crystal_system": {"name": cs[0], "probability": round(cs[1], 4)} if cs else UNDETERMINED}
 
     def to_dict(self) -> dict:
-        return {"space_group": [{"number": n, "symbol": s, "probability": round(p, 4)}
+        return {"answer": self.answer(), "space_group": [{"number": n, "symbol": s, "probability": round(p, 4)}
                                 for n, s, p in self.space_groups],
                 "extinction_group": [{"index": i, "name": s, "probability": round(p, 4)}
                                      for i, s, p in self.extinction_groups],
@@ -86,6 +114,8 @@ class SpaceGroupModel:
     architecture: ResNetConfig
     temperatures: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in head_sizes()})
     crystalline_threshold: float = 0.0
+    answer_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ANSWER_THRESHOLDS))
+    answer_thresholds_source: str = "default: even odds (the card records no tuned thresholds)"
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     source: str = ""
@@ -123,11 +153,14 @@ class SpaceGroupModel:
             ext_top = np.argsort(-ext)[:top_k]
             cs_top = np.argsort(-cs)[:3]
             confidence = float(cs.max())
+            answered = {"space_group": float(sg[sg_top[0]]) >= self.answer_thresholds["space_group"],
+                        "extinction_group": float(ext[ext_top[0]]) >= self.answer_thresholds["extinction_group"],
+                        "crystal_system": confidence >= self.answer_thresholds["crystal_system"]}
             out.append(SpaceGroupPrediction(
                 space_groups=[(int(j) + 1, symmetry.space_group_symbol(int(j) + 1), float(sg[j])) for j in sg_top],
                 extinction_groups=[(int(j), symmetry.extinction_group_name(int(j)), float(ext[j])) for j in ext_top],
                 crystal_systems=[(CRYSTAL_SYSTEMS[j], float(cs[j])) for j in cs_top],
-                crystalline=confidence >= self.crystalline_threshold, confidence=confidence))
+                crystalline=confidence >= self.crystalline_threshold, confidence=confidence, answered=answered))
         return out
 
     @property
@@ -141,7 +174,9 @@ class SpaceGroupModel:
                          "subtraction); channel 2 = mask",
                 "heads": head_sizes(), "crystal_systems": list(CRYSTAL_SYSTEMS),
                 "architecture": {"family": "ResNet1D (basic blocks)", **self.architecture.to_dict()},
-                "calibration": {"temperatures": self.temperatures, "crystalline_threshold": self.crystalline_threshold},
+                "calibration": {"temperatures": self.temperatures, "crystalline_threshold": self.crystalline_threshold,
+                                "answer_thresholds": self.answer_thresholds,
+                                "answer_thresholds_source": self.answer_thresholds_source},
                 "n_parameters": self.n_parameters, "training": self.training, "metrics": self.metrics,
                 "versions": software_versions()}
 
@@ -170,6 +205,10 @@ class SpaceGroupModel:
                         architecture=config,
                         temperatures={k: float(calibration["temperatures"][k]) for k in head_sizes()},
                         crystalline_threshold=float(calibration["crystalline_threshold"]),
+                        answer_thresholds={k: float(v) for k, v in {
+                            **DEFAULT_ANSWER_THRESHOLDS, **calibration.get("answer_thresholds", {})}.items()},
+                        answer_thresholds_source=str(calibration.get(
+                            "answer_thresholds_source", cls.answer_thresholds_source)),
                         training=card.get("training", {}), metrics=card.get("metrics", {}), source=str(directory))
         except ModelBundleError:
             raise
