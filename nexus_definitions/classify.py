@@ -4,16 +4,68 @@ The patterns (and pressure and energy, where the file records them) are read wit
 `reader.read_patterns`, classified by the same `InferenceEngine` the live callback runs, in
 the file's frame order, and appended as a new NXprocess group (`predictions`, or
 `predictions_2`, ... when one exists). Nothing that was in the file is modified.
+
+The transition estimate uses the change-point settings the scan used live: a steered run's
+start document (kept in the file) names its `SteeringPolicy`, whose settings suit frames taken
+out of pressure order; without one, frames out of order get settings of the same kind derived
+from the file's pressures (the defaults assume a monotonic ramp).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
-from nexus_definitions.reader import read_patterns
+import numpy as np
+
+from nexus_definitions import layout as L
+from nexus_definitions.reader import open_for_reading, read_patterns
 from nexus_definitions.writer import append_predictions
 from xrd_nexus_ml.inference import Frame, InferenceEngine
+from xrd_nexus_ml.steering import SteeringPolicy
+
+
+def recorded_steering_policy(path, entry: str | None = None) -> SteeringPolicy | None:
+    """The `SteeringPolicy` of a steered run, from the start document the file keeps (None: none)."""
+    with open_for_reading(path) as f:
+        name = entry or next((k for k in f if f[k].attrs.get("NX_class") in ("NXentry", b"NXentry")), None)
+        start = f.get(f"{name}/{L.BLUESKY}/start") if name else None
+        if start is None:
+            return None
+        try:
+            policy = json.loads(L.decode(start[()])).get("steering_policy")
+        except (ValueError, AttributeError):
+            return None
+    if not isinstance(policy, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(SteeringPolicy)}
+    try:
+        return SteeringPolicy(**{k: v for k, v in policy.items() if k in known})
+    except (TypeError, ValueError):
+        return None
+
+
+def changepoint_options_for(pressures, policy: SteeringPolicy | None = None) -> dict | None:
+    """The change-point settings for frames at `pressures` in acquisition order: the steering
+    policy's when given; for frames out of pressure order, a fixed grid of a tenth of the finest
+    step, physical widths and a margin of two of the widest steps; None (the defaults) otherwise."""
+    if policy is not None:
+        return policy.changepoint_options()
+    if pressures is None:
+        return None
+    p = np.asarray(pressures, dtype=float)
+    p = p[np.isfinite(p)]
+    steps = np.diff(p)
+    if p.size < 3 or (steps >= 0).all() or (steps <= 0).all():
+        return None
+    levels = np.diff(np.unique(p))
+    levels = levels[levels > 0]
+    if not levels.size:
+        return None
+    return {"resolution": max(float(levels.min()) / 10.0, float(np.ptp(p)) / 2000.0),
+            "widths": list(SteeringPolicy().transition_widths), "margin": 2.0 * float(levels.max())}
 
 
 def classify_file(path, engine=None, entry: str | None = None, wavelength=None, elements=None) -> dict:
@@ -29,7 +81,8 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None, 
                     pressure=float(pressures[i]) if pressures is not None else math.nan,
                     energy=float(energies[i]) if energies is not None else math.nan)
               for i, p in enumerate(patterns)]
-    predictions = engine.new_run(elements=elements).classify(frames)
+    options = changepoint_options_for(pressures, recorded_steering_policy(path, entry))
+    predictions = engine.new_run(changepoint_options=options, elements=elements).classify(frames)
     group = append_predictions(path, predictions, engine.phase_names, engine.top_k, list(engine.provenance),
                                entry=entry)
     phases: dict[str, int] = {}
@@ -40,4 +93,5 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None, 
             "out_of_library": sum(p.out_of_library for p in predictions),
             "transition_pressure_gpa": last.transition_pressure if last else math.nan,
             "transition_uncertainty_gpa": last.transition_pressure_uncertainty if last else math.nan,
+            "changepoint_options": options or "defaults (frames in pressure order)",
             "models": [m.model_id for m in engine.provenance]}
