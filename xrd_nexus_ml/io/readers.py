@@ -14,6 +14,8 @@ import logging
 import re
 import warnings
 import xml.etree.ElementTree as ET
+from array import array
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,14 +100,22 @@ _Q_RE = re.compile(r"(?<![a-z0-9])q(?![a-z])", re.IGNORECASE)
 _LENGTH_SCALE = {"nm": 10.0, "pm": 0.01}
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:4096]:
+def _lines(path: Path, encoding: str) -> Iterator[str]:
+    """The file's lines, read as they are needed: a 10^7-line pattern is never held as text and a
+    list of lines at once (that took 22 times the file's size)."""
+    with open(path, encoding=encoding, newline=None) as fh:
+        yield from fh
+
+
+def _check_text(path: Path) -> None:
+    with open(path, "rb") as fh:
+        start = fh.read(4096)
+    if b"\x00" in start:
         raise file_error(path, "looks like a binary file, not a text pattern (two columns: axis, intensity)")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")  # old instrument software writes Å as one latin-1 byte
+    if not start.strip():
+        with open(path, "rb") as fh:
+            if not any(chunk.strip() for chunk in iter(lambda: fh.read(1 << 20), b"")):
+                raise file_error(path, "file is empty")
 
 
 def _split_fields(line: str) -> list[str]:
@@ -153,13 +163,15 @@ def _header_axis(header: list[str]) -> Axis | None:
     return None
 
 
-def _parse_text_rows(path: Path, text: str) -> tuple[list[str], list[int], np.ndarray, int]:
-    """Split the file into header lines and numeric rows; returns header, line numbers, rows, columns."""
+def _parse_text_rows(path: Path, lines: Iterable[str]) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Split the file into header lines and numeric rows; returns header, line numbers, rows (n, 2),
+    columns. Values go straight into compact arrays (8 bytes a number), not lists of floats."""
     header: list[str] = []
-    line_numbers: list[int] = []
-    rows: list[list[float]] = []
+    line_numbers = array("q")
+    values_xy = array("d")
+    rows = 0
     n_columns = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line:
             continue
@@ -177,11 +189,12 @@ def _parse_text_rows(path: Path, text: str) -> tuple[list[str], list[int], np.nd
                 raise file_error(path, f"only one column on line {number}; need an axis and an intensity column")
         elif len(values) != n_columns:
             raise file_error(path, f"line {number} has {len(values)} columns, but the data before it have {n_columns}")
-        rows.append(values[:2])
+        values_xy.extend(values[:2])
         line_numbers.append(number)
+        rows += 1
     if not rows:
         raise file_error(path, "no numeric data rows found" + (" (only header lines)" if header else ""))
-    return header, line_numbers, np.array(rows, dtype=float), n_columns
+    return header, np.frombuffer(line_numbers, dtype=np.int64), np.frombuffer(values_xy).reshape(-1, 2), n_columns
 
 
 def _row_values(path: Path, fields: list[str], number: int) -> list[float]:
@@ -203,10 +216,11 @@ def read_xy(path: PathLike, wavelength: float | str | None = None, axis: str | N
     """
     p = existing_file(path)
     axis_name = axis_argument(axis, p)
-    text = _decode(p)
-    if not text.strip():
-        raise file_error(p, "file is empty")
-    header, line_numbers, rows, n_columns = _parse_text_rows(p, text)
+    _check_text(p)
+    try:
+        header, line_numbers, rows, n_columns = _parse_text_rows(p, _lines(p, "utf-8-sig"))
+    except UnicodeDecodeError:  # old instrument software writes Å as one latin-1 byte
+        header, line_numbers, rows, n_columns = _parse_text_rows(p, _lines(p, "latin-1"))
     try:
         in_file, wavelength_line = _header_wavelength(p, header)
     except WavelengthError:
