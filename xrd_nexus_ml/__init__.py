@@ -8,8 +8,15 @@ any part of the package does not pay for the models.
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
+
+# Idle OpenMP threads sleep instead of spinning: on a shared workstation (a second busy process)
+# spinning threads took the batched simulator from ~2100 to ~270 patterns/s; sleeping, ~1600.
+# OpenMP reads this when torch loads, so it counts only where this package is imported first (the
+# command line always is); a value the user set is kept. See docs/benchmarks.md "Shared CPUs".
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _FRONT_DOOR = {
     "available_models": "xrd_nexus_ml.api",

@@ -41,3 +41,13 @@ def test_the_extras_hold_what_the_library_leaves_out():
     assert extras["plot"] == ["matplotlib>=3.7"] and any(r.startswith("ray") for r in extras["cluster"])
     assert "xrd-nexus-ml[bluesky,plot,cluster]" in extras["test"]  # make demo / make test install everything
     assert project["scripts"]["xrd-nexus-ml"] == "xrd_nexus_ml.cli:main"
+
+
+def test_openmp_threads_sleep_unless_the_user_says_otherwise():
+    code = "import os, xrd_nexus_ml, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.strip() == "ACTIVE"
