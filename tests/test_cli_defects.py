@@ -133,11 +133,9 @@ def test_classify_keeps_the_wavelength_the_file_records(tmp_path, capsys):
     assert second["wavelength_origin"] == "argument"
 
 
-def test_classify_of_a_nexus_file_keeps_the_energy_it_records(tmp_path, capsys):
+def test_classify_of_a_nexus_file_keeps_the_energy_it_records(tmp_path, capsys, beamline_file):
     """A beamline file on 2θ that records its energy: --wavelength (here a wrong one) must not replace it."""
-    from tests.test_classify import beamline_file
-
-    plain, _ = beamline_file(tmp_path / "plain.nxs")
+    plain, _, _ = beamline_file(tmp_path / "plain.nxs")
     other = shutil.copy(plain, tmp_path / "other.nxs")
     assert main(["classify", str(plain), "--json"]) == 0
     expected = json.loads(capsys.readouterr().out)

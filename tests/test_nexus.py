@@ -1,6 +1,5 @@
 """The NXxrd_ml definition, the validator, the portal export, reading frames back and appending predictions."""
 
-import hashlib
 import json
 import shutil
 import struct
@@ -239,22 +238,7 @@ def foreign_file(path: Path) -> Path:
     return path
 
 
-def checksums(path: Path) -> dict:
-    """A digest of every dataset's bytes and every attribute, to prove nothing existing changed."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name):  # every link, so a dataset linked from a new group is still checked at its old path
-            obj = f[name]
-            attrs = {k: repr(v) for k, v in obj.attrs.items()}
-            body = obj[()].tobytes() if isinstance(obj, h5py.Dataset) and obj.dtype.kind != "O" else repr(
-                obj[()]).encode() if isinstance(obj, h5py.Dataset) else b""
-            out[name] = hashlib.sha256(body + repr(sorted(attrs.items())).encode()).hexdigest()
-        f.visit_links(visit)
-        out["/"] = repr(sorted((k, repr(v)) for k, v in f.attrs.items()))
-    return out
-
-
-def test_append_predictions_to_another_beamlines_file_touches_nothing(tmp_path):
+def test_append_predictions_to_another_beamlines_file_touches_nothing(tmp_path, checksums):
     path = foreign_file(tmp_path / "other.nxs")
     patterns, pressures, energies = read_patterns(path)
     assert [p.axis for p in patterns] == ["q"] * 3
@@ -278,7 +262,7 @@ def test_append_predictions_to_another_beamlines_file_touches_nothing(tmp_path):
         append_predictions(path, [runs.prediction_data(8)], runs.PHASES, runs.TOP_K, runs.MODELS)
 
 
-def test_append_frame_predictions_to_a_written_file(copy):
+def test_append_frame_predictions_to_a_written_file(copy, checksums):
     from xrd_nexus_ml.inference.records import FramePrediction, ModelProvenance
 
     model = ModelProvenance("space_group/resnet@abcdefabcdef", "space_group", "resnet", "0.1.0", "cards/sg.json", "cpu")
