@@ -1,30 +1,59 @@
-"""Shared test data (the XRD-AutoAnalyzer Li-Mn-Ti-O-F example, whose files lie in three places) and
-helpers that several test modules use: fixtures, never imported from another test module."""
+"""Fixtures shared by the whole suite: test data and HDF5 checksums.
+
+The tree mirrors the packages (tests/xrd_nexus_ml/<subpackage>/test_*.py, tests/bluesky_callbacks/,
+tests/nexus_definitions/, tests/training/). setup.cfg imports test modules with
+``--import-mode=importlib``: no test folder is ever put on sys.path, so tests/xrd_nexus_ml cannot
+shadow the real package, and two test modules may share a name in different folders. Helpers are
+therefore fixtures (here, or in a folder's conftest.py), never imported from another test module;
+the one helper module, ``nexus_runs`` (tests/data/nexus, also run by the crash-test child process),
+is importable through ``pythonpath`` in setup.cfg.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import pytest
 
 TESTS = Path(__file__).parent
+DATA = TESTS / "data"
 EXAMPLES = TESTS.parent / "xrd_nexus_ml" / "data" / "examples"
 #: The 56 reference CIFs of the Li-Mn-Ti-O-F example (shipped with the package for the demo).
 LMTOF_REFERENCES = EXAMPLES / "references"
 _LMTOF_SPECTRA = [
     *(EXAMPLES / n for n in ("MnO.xy", "TiO2.xy", "Mn2O3.xy")),
-    TESTS / "data" / "measured" / "Li2MnO3+MnO+TiO2.xy",
-    *sorted((TESTS / "data" / "autoanalyzer" / "li-mn-ti-o-f" / "Spectra").glob("*.xy")),
+    DATA / "measured" / "Li2MnO3+MnO+TiO2.xy",
+    *sorted((DATA / "autoanalyzer" / "li-mn-ti-o-f" / "Spectra").glob("*.xy")),
 ]
+
+
+# -- test data ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data: measured patterns, the XRD-AutoAnalyzer examples, the NeXus test helpers."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """The examples shipped with the package: MnO.xy, TiO2.xy, Mn2O3.xy and references/."""
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def lmtof_references() -> Path:
+    """The folder of the 56 Li-Mn-Ti-O-F reference CIFs."""
+    return LMTOF_REFERENCES
 
 
 @pytest.fixture(scope="session")
 def lmtof_spectra(tmp_path_factory) -> Path:
-    """A folder holding all 8 measured patterns of the Li-Mn-Ti-O-F example (names carry the truth)."""
+    """A folder holding all 8 measured patterns of the Li-Mn-Ti-O-F example (names carry the truth);
+    the example's files lie in three places."""
     folder = tmp_path_factory.mktemp("lmtof_spectra")
     for path in _LMTOF_SPECTRA:
         shutil.copy(path, folder / path.name)
@@ -53,38 +82,3 @@ def checksums():
     """``checksums(path)``: a digest of every dataset's bytes and every attribute of an HDF5 file,
     to prove that appending to it changed nothing that was there."""
     return _checksums
-
-
-class BeamlineFile(NamedTuple):
-    path: Path
-    pressures: np.ndarray  # GPa, one per frame
-    transition: float  # GPa, the simulated B1 -> rB1 transition
-
-
-@pytest.fixture(scope="session")
-def beamline_file():
-    """``beamline_file(path)``: a compression measured elsewhere, as a NeXus file: frames on 2θ
-    (degrees), pressure in GPa, energy in keV; 12 frames from 8 to 52 GPa across a transition at 30 GPa."""
-    import h5py
-
-    from xrd_nexus_ml.transitions import simulate_ramp
-
-    def write(path: Path, transition: float = 30.0) -> BeamlineFile:
-        ramp = simulate_ramp(np.linspace(8, 52, 12), transition_pressure=transition, noise=0.02, seed=21)
-        with h5py.File(path, "w") as f:
-            entry = f.create_group("entry")
-            entry.attrs.update(NX_class="NXentry", default="data")
-            mono = entry.create_group("instrument/monochromator")
-            entry["instrument"].attrs["NX_class"] = "NXinstrument"
-            mono.attrs["NX_class"] = "NXmonochromator"
-            mono.create_dataset("energy", data=ramp.energy_kev).attrs["units"] = "keV"
-            sample = entry.create_group("sample")
-            sample.attrs["NX_class"] = "NXsample"
-            sample.create_dataset("pressure", data=ramp.pressures).attrs["units"] = "GPa"
-            data = entry.create_group("data")
-            data.attrs.update(NX_class="NXdata", signal="counts", axes=[".", "two_theta"])
-            data.create_dataset("counts", data=ramp.intensity * 1e4)
-            data.create_dataset("two_theta", data=ramp.two_theta).attrs["units"] = "degrees"
-        return BeamlineFile(path, ramp.pressures, transition)
-
-    return write

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 import bluesky.plans as bp
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 
 from bluesky_callbacks.classifier import ClassifierCallback
@@ -29,22 +27,6 @@ def engine():
 @pytest.fixture(scope="module")
 def ramp():
     return simulate_ramp(np.linspace(5, 55, 26), transition_pressure=TRANSITION, noise=0.02, seed=11)
-
-
-def make_detector(ramp, pressure):
-    """A 1D detector whose frame is the ramp's frame nearest the pressure axis' readback."""
-
-    class RampDetector(Device):
-        pattern = Cpt(Signal, value=np.zeros(ramp.two_theta.size), kind="hinted")
-        two_theta = Cpt(Signal, value=ramp.two_theta, kind="config")
-        energy = Cpt(Signal, value=ramp.energy_kev, kind="config")
-
-        def trigger(self):
-            i = int(np.argmin(np.abs(ramp.pressures - pressure.readback.get())))
-            self.pattern.put(ramp.intensity[i])
-            return super().trigger()
-
-    return RampDetector(name="detector")
 
 
 class Collector:
@@ -65,23 +47,30 @@ class Collector:
         return out
 
 
-def run_scan(engine, ramp, **callback_options):
-    pressure = SynAxis(name="pressure")
-    detector = make_detector(ramp, pressure)
-    RE = RunEngine({})
-    raw = Collector()
-    classifier = ClassifierCallback(engine, **callback_options)
-    derived = Collector()
-    classifier.subscribe(derived)
-    RE.subscribe(raw)
-    RE.subscribe(classifier)
-    (uid,) = RE(bp.scan([detector], pressure, 5, 55, ramp.n_frames), sample="(Mg0.2Fe0.8)O")
-    assert classifier.flush(60)
-    classifier.close()
-    return uid, raw, derived, classifier
+@pytest.fixture
+def run_scan(ramp_detector):
+    """``run_scan(engine, ramp, **callback_options)``: a scan of the ramp, classified live; returns
+    the raw run's uid, its documents, the derived run's documents and the callback."""
+
+    def scan(engine, ramp, **callback_options):
+        pressure = SynAxis(name="pressure")
+        detector = ramp_detector(ramp, pressure)
+        RE = RunEngine({})
+        raw = Collector()
+        classifier = ClassifierCallback(engine, **callback_options)
+        derived = Collector()
+        classifier.subscribe(derived)
+        RE.subscribe(raw)
+        RE.subscribe(classifier)
+        (uid,) = RE(bp.scan([detector], pressure, 5, 55, ramp.n_frames), sample="(Mg0.2Fe0.8)O")
+        assert classifier.flush(60)
+        classifier.close()
+        return uid, raw, derived, classifier
+
+    return scan
 
 
-def test_every_frame_gets_a_valid_prediction_in_a_derived_run(engine, ramp):
+def test_every_frame_gets_a_valid_prediction_in_a_derived_run(engine, ramp, run_scan):
     uid, raw, derived, classifier = run_scan(engine, ramp, batch_size=8)
     names = [n for n, _ in derived.docs]
     assert names[0] == "start" and names[1] == "descriptor" and names[-1] == "stop"
@@ -117,7 +106,7 @@ class BrokenModel:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-def test_a_model_failure_never_stops_the_scan(engine, ramp):
+def test_a_model_failure_never_stops_the_scan(engine, ramp, run_scan):
     broken = InferenceEngine(BrokenModel(engine.phase_model), engine.gate, provenance=engine.provenance)
     uid, raw, derived, _ = run_scan(broken, ramp, batch_size=4)
     assert raw.named("stop")[0]["exit_status"] == "success"  # the raw run completed
@@ -128,7 +117,7 @@ def test_a_model_failure_never_stops_the_scan(engine, ramp):
     assert stop["exit_status"] == "fail" and f"model errors {ramp.n_frames}" in stop["reason"]
 
 
-def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp):
+def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp, ramp_detector):
     release = threading.Event()
 
     class SlowSubscriber:  # holds the worker, as a stalled file system or plot would
@@ -137,7 +126,7 @@ def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp):
                 release.wait(60)
 
     pressure = SynAxis(name="pressure")
-    detector = make_detector(ramp, pressure)
+    detector = ramp_detector(ramp, pressure)
     RE = RunEngine({})
     classifier = ClassifierCallback(engine, batch_size=1, max_queue=3)
     classifier.subscribe(SlowSubscriber())

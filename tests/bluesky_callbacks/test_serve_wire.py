@@ -28,10 +28,7 @@ from ophyd.sim import SynAxis
 
 from bluesky_callbacks.serve import GuardedRemoteDispatcher, codec
 from bluesky_callbacks.wire import MAX_MESSAGE_BYTES, WireError, deserialize, serialize
-from tests.test_classifier_callback import TRANSITION, make_detector
-from tests.test_serve import free_port
 from xrd_nexus_ml.cli import build_parser
-from xrd_nexus_ml.transitions import simulate_ramp
 
 
 class Exploit:
@@ -130,7 +127,7 @@ def test_unsafe_pickle_parses_and_selects_pickle_on_both_ends(caplog):
 
 # -- the listener ----------------------------------------------------------------------------------
 
-def test_ten_thousand_malformed_messages_are_counted_and_dropped_in_bounded_memory(caplog):
+def test_ten_thousand_malformed_messages_are_counted_and_dropped_in_bounded_memory(caplog, free_port):
     dispatcher = GuardedRemoteDispatcher(("localhost", free_port()), deserializer=deserialize)
     received = []
     dispatcher.subscribe(lambda name, doc: received.append((name, doc)))
@@ -159,7 +156,8 @@ def test_ten_thousand_malformed_messages_are_counted_and_dropped_in_bounded_memo
         dispatcher.stop()
 
 
-def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifying(tmp_path):
+def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifying(tmp_path, free_port, ramp_detector,
+                                                                                  small_ramp):
     """A real server behind a real proxy on loopback: a run, then a pickle payload that would run
     `touch`, 250 malformed messages and a document that breaks a callback, then a second run."""
     in_port, out_port = free_port(), free_port()
@@ -206,11 +204,11 @@ def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifyin
                 break
         assert lines and lines[-1].startswith("serving"), f"the server did not start:\n{''.join(lines)}"
         time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously (slow joiner)
-        ramp = simulate_ramp(np.linspace(5, 55, 16), transition_pressure=TRANSITION, noise=0.02, seed=3)
+        ramp = small_ramp
         pressure = SynAxis(name="pressure")
         RE = RunEngine({})
         RE.subscribe(publisher)
-        scan = lambda: bp.scan([make_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames)  # noqa: E731
+        scan = lambda: bp.scan([ramp_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames)  # noqa: E731
         RE(scan())  # the first run: every socket is connected before the attack
         assert finished.acquire(timeout=120), "the first run was not classified"
 

@@ -31,7 +31,7 @@ from xrd_nexus_ml.physics import symmetry
 from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, head_sizes, model_input, targets_from_space_groups
 from xrd_nexus_ml.spacegroup.negatives import non_crystal_patterns
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/training/ is two below
 TINY = {"steps": 4, "batch_size": 8, "replay": 16, "non_crystal_fraction": 0.25, "calibration_patterns": 16,
         "checkpoint_every": 2, "evaluate_real": False, "widths": [8, 8, 16, 16], "workers": 0, "max_atoms": 16,
         "device": "cpu"}

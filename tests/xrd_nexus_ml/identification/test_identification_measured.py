@@ -18,8 +18,6 @@ from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.physics import PowderSimulator
 from xrd_nexus_ml.references import calibrant_structure
 
-from conftest import LMTOF_REFERENCES
-
 
 @pytest.fixture(scope="module")
 def model() -> IdentificationModel:
@@ -82,8 +80,8 @@ def test_phases_that_explain_less_than_half_of_a_foreign_pattern_are_not_named(m
     assert all(named[n].explained >= 0.5 and not named[n].out_of_library for n in names)
 
 
-def test_the_strain_window_decides_how_far_a_lattice_may_be_off(model):
-    mno = next(p for p in load_cif_library(LMTOF_REFERENCES).phases if p.formula == "MnO")
+def test_the_strain_window_decides_how_far_a_lattice_may_be_off(model, lmtof_references):
+    mno = next(p for p in load_cif_library(lmtof_references).phases if p.formula == "MnO")
     expanded = mno.structure.copy()
     expanded.scale_lattice(expanded.volume * 1.03**3)  # 3 % larger cell, as at high temperature
     pattern = PowderSimulator(wavelength="CuKa1").simulate([expanded]).numpy()[0]

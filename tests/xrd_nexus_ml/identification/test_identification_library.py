@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from conftest import LMTOF_REFERENCES
 from xrd_nexus_ml.errors import XrdNexusMlError
 from xrd_nexus_ml.identification import (
     ExpertPlan,
@@ -28,22 +26,14 @@ from xrd_nexus_ml.identification import (
     split_by_structure,
 )
 
-DATA = Path(__file__).parent / "data" / "autoanalyzer"
-LLZO = DATA / "li-la-zr-o"
+@pytest.fixture(scope="module")
+def lmtof(lmtof_references) -> PhaseLibrary:
+    return load_cif_library(lmtof_references)
 
 
 @pytest.fixture(scope="module")
-def lmtof() -> PhaseLibrary:
-    return load_cif_library(LMTOF_REFERENCES)
-
-
-@pytest.fixture(scope="module")
-def llzo() -> PhaseLibrary:
-    return load_cif_library(LLZO / "References")
-
-
-def _cif(name: str) -> Path:
-    return LMTOF_REFERENCES / name
+def llzo(llzo_dir) -> PhaseLibrary:
+    return load_cif_library(llzo_dir / "References")
 
 
 # -- class labels ------------------------------------------------------------------------------
@@ -85,8 +75,8 @@ def test_not_a_formula_is_a_library_error_naming_it(bad):
 # -- loading CIF folders -----------------------------------------------------------------------
 
 
-def test_lmtof_library_names_classes_and_space_groups(lmtof):
-    stems = sorted(p.stem for p in (LMTOF_REFERENCES).glob("*.cif"))
+def test_lmtof_library_names_classes_and_space_groups(lmtof, lmtof_references):
+    stems = sorted(p.stem for p in lmtof_references.glob("*.cif"))
     assert len(stems) == 56 and lmtof.names == stems and len(lmtof) == 56
     assert lmtof.duplicates == []
     assert len(lmtof.classes) == 39 and lmtof.classes == sorted(lmtof.classes)
@@ -118,18 +108,18 @@ def test_llzo_library_reports_cifs_whose_name_and_structure_disagree(llzo):
     assert llzo.phases[llzo.names.index("LiOH-H2O_12")].formula == canonical_formula("LiOH-H2O")
 
 
-def test_reference_phase_identity_ignores_the_structure_object(lmtof):
+def test_reference_phase_identity_ignores_the_structure_object(lmtof, lmtof_references):
     a = lmtof.phases[0]
-    b = load_cif_library(LMTOF_REFERENCES, deduplicate=False).phases[0]
+    b = load_cif_library(lmtof_references, deduplicate=False).phases[0]
     assert a == b and hash(a) == hash(b) and a.structure is not b.structure
     assert "structure" not in repr(a) and "Lattice" not in repr(a)
 
 
-def test_duplicate_structures_are_dropped_keeping_the_first_name(tmp_path):
-    shutil.copy(_cif("MnO2_136.cif"), tmp_path / "MnO2_136.cif")
-    shutil.copy(_cif("MnO2_136.cif"), tmp_path / "rutile_MnO2.CIF")  # upper-case suffix is read too
-    shutil.copy(_cif("TiO2_136.cif"), tmp_path / "TiO2_136.cif")  # same structure type, other formula
-    shutil.copy(_cif("MnO2_62.cif"), tmp_path / "MnO2_62.cif")
+def test_duplicate_structures_are_dropped_keeping_the_first_name(tmp_path, lmtof_references):
+    shutil.copy(lmtof_references / "MnO2_136.cif", tmp_path / "MnO2_136.cif")
+    shutil.copy(lmtof_references / "MnO2_136.cif", tmp_path / "rutile_MnO2.CIF")  # upper-case suffix is read too
+    shutil.copy(lmtof_references / "TiO2_136.cif", tmp_path / "TiO2_136.cif")  # same structure type, other formula
+    shutil.copy(lmtof_references / "MnO2_62.cif", tmp_path / "MnO2_62.cif")
     (tmp_path / "notes.txt").write_text("not a CIF")
     library = load_cif_library(tmp_path)
     assert library.names == ["MnO2_136", "MnO2_62", "TiO2_136"]
@@ -138,7 +128,7 @@ def test_duplicate_structures_are_dropped_keeping_the_first_name(tmp_path):
     assert len(library.subset([0]).duplicates) == 1 and library.subset([1, 2]).duplicates == []
 
 
-def test_folder_errors_name_the_folder_or_file(tmp_path):
+def test_folder_errors_name_the_folder_or_file(tmp_path, lmtof_references):
     with pytest.raises(LibraryError, match="not found"):
         load_cif_library(tmp_path / "missing")
     with pytest.raises(LibraryError, match=r"no \*\.cif files"):
@@ -147,7 +137,7 @@ def test_folder_errors_name_the_folder_or_file(tmp_path):
     with pytest.raises(LibraryError) as info:
         load_cif_library(tmp_path)
     assert str(tmp_path) in str(info.value)
-    shutil.copy(_cif("MnO_225.cif"), tmp_path / "MnO_225.cif")
+    shutil.copy(lmtof_references / "MnO_225.cif", tmp_path / "MnO_225.cif")
     (tmp_path / "broken.cif").write_text("data_broken\n_cell_length_a 4.0\nthis is not a CIF loop\n")
     with pytest.raises(LibraryError) as info:
         load_cif_library(tmp_path)
@@ -241,9 +231,9 @@ def test_split_by_structure_keeps_every_class_in_training(which, request):
         split_by_structure(library, 1.0)
 
 
-def test_content_hash_is_stable_order_free_and_sees_structure_changes(lmtof):
+def test_content_hash_is_stable_order_free_and_sees_structure_changes(lmtof, lmtof_references):
     digest = lmtof.content_hash()
-    assert len(digest) == 64 and load_cif_library(LMTOF_REFERENCES).content_hash() == digest
+    assert len(digest) == 64 and load_cif_library(lmtof_references).content_hash() == digest
     assert lmtof.subset(np.arange(len(lmtof))[::-1]).content_hash() == digest
     renamed = library_from_structures((f"x{i}", p.structure, "elsewhere") for i, p in enumerate(lmtof.phases))
     assert renamed.content_hash() == digest
@@ -273,8 +263,8 @@ SPECTRA_TRUTH = {
 }
 
 
-def test_labels_of_all_nine_spectra_names_are_library_classes(lmtof, llzo, lmtof_spectra):
-    names = sorted(p.name for p in lmtof_spectra.iterdir()) + sorted(p.name for p in (LLZO / "Spectra").iterdir())
+def test_labels_of_all_nine_spectra_names_are_library_classes(lmtof, llzo, lmtof_spectra, llzo_dir):
+    names = sorted(p.name for p in lmtof_spectra.iterdir()) + sorted(p.name for p in (llzo_dir / "Spectra").iterdir())
     assert sorted(names) == sorted(SPECTRA_TRUTH)
     for name in names:
         labels = labels_from_filename(name)

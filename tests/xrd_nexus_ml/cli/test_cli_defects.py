@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from xrd_nexus_ml.demo import example_dir
 from xrd_nexus_ml.errors import WavelengthError
 from xrd_nexus_ml.pattern import WAVELENGTHS, resolve_wavelength
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "nexus"))
-import nexus_runs as runs  # noqa: E402
+import nexus_runs as runs
 
 
 def nexus_run(folder: Path, n_frames: int = 4) -> Path:

@@ -24,16 +24,14 @@ from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, ident
 from xrd_nexus_ml.io import read_pattern
 from xrd_nexus_ml.physics import PowderSimulator
 
-from conftest import LMTOF_REFERENCES as REFERENCES
-from conftest import EXAMPLES as SPECTRA  # MnO.xy, TiO2.xy, Mn2O3.xy
 FEW = ["MnO_225.cif", "MnO2_136.cif", "TiO2_141.cif", "TiO2_136.cif", "LiF_225.cif", "Mn2O3_206.cif"]
 
 
 @pytest.fixture(scope="module")
-def few_cifs(tmp_path_factory) -> Path:
+def few_cifs(tmp_path_factory, lmtof_references) -> Path:
     folder = tmp_path_factory.mktemp("cifs")
     for name in FEW:
-        shutil.copy(REFERENCES / name, folder / name)
+        shutil.copy(lmtof_references / name, folder / name)
     return folder
 
 
@@ -85,7 +83,7 @@ def test_stream_draws_are_seeded_masked_and_normalised(few_cifs):
     assert any(t["name"] == "ImpurityPhase" and t["pool"] == "the library's references" for t in config["transforms"])
 
 
-def test_bundle_round_trip_and_errors(tiny_model, tmp_path):
+def test_bundle_round_trip_and_errors(tiny_model, tmp_path, examples_dir):
     model = IdentificationModel.load(tiny_model)
     card = json.loads((tiny_model / "card.json").read_text())
     assert card["kind"] == "identification-moe" and len(card["phases"]) == len(FEW)
@@ -111,7 +109,7 @@ def test_bundle_round_trip_and_errors(tiny_model, tmp_path):
         IdentificationModel.load(copy)
     with pytest.raises(ModelBundleError, match="missing"):
         IdentificationModel.load(tmp_path / "nowhere")
-    transition = Path(__file__).parents[1] / "xrd_nexus_ml" / "data" / "models" / "transition" / "end_to_end"
+    transition = examples_dir.parent / "models" / "transition" / "end_to_end"
     with pytest.raises(ModelBundleError, match="expected 'identification-moe'"):
         IdentificationModel.load(transition)
 
@@ -147,10 +145,10 @@ def test_reference_fit_recovers_strain_and_removes_the_phase(tiny_model):
     assert (residual**2).sum() < 0.1 * (pattern**2).sum()
 
 
-def test_identify_flags_unusable_patterns_and_respects_elements(tiny_model):
+def test_identify_flags_unusable_patterns_and_respects_elements(tiny_model, examples_dir):
     identifier = Identifier.from_bundle(tiny_model)
     grid = identifier.model.grid.values
-    good = read_pattern(SPECTRA / "MnO.xy", wavelength="CuKa")
+    good = read_pattern(examples_dir / "MnO.xy", wavelength="CuKa")
     results = identifier.identify([good, np.zeros(grid.size), np.full(grid.size, np.nan)], sources=["a", "b", "c"])
     assert [r.flag for r in results] == [None, "zero", "nan"]
     assert results[1].phases == () and results[2].phases == ()
@@ -164,8 +162,8 @@ def test_identify_flags_unusable_patterns_and_respects_elements(tiny_model):
         identifier.identify([good], elements=["Zr"])
 
 
-def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys):
-    files = [str(SPECTRA / "MnO.xy"), str(SPECTRA / "TiO2.xy")]
+def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys, examples_dir):
+    files = [str(examples_dir / "MnO.xy"), str(examples_dir / "TiO2.xy")]
     assert main(["classify", *files, "--model", str(tiny_model), "--wavelength", "CuKa", "--json",
                  "--plot", str(tmp_path)]) == 0
     records = json.loads(capsys.readouterr().out)
@@ -180,11 +178,11 @@ def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys):
     assert exit_.value.code == 2 and "expected a fraction between 0 and 0.5" in capsys.readouterr().err
 
 
-def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, capsys):
+def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, capsys, examples_dir, llzo_dir):
     spectra = tmp_path / "spectra"
     spectra.mkdir()
     for name in ("MnO.xy", "TiO2.xy"):
-        shutil.copy(SPECTRA / name, spectra / name)
+        shutil.copy(examples_dir / name, spectra / name)
     (spectra / "labels.csv").write_text("file,phases\nMnO.xy,MnO\nTiO2.xy,TiO2\n")
     args = ["evaluate", "identify", "--references", str(few_cifs), "--patterns", str(spectra), "--labels",
             str(spectra / "labels.csv"), "--steps", "10", "--cache-dir", str(tmp_path / "cache"), "--json"]
@@ -198,7 +196,7 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     assert mixtures["n_patterns"] == 200
     for scores in (mixtures["with_screen"], mixtures["network_only"]):
         assert 0 <= scores["recall"] <= 1 and 0 <= scores["precision"] <= 1 and scores["seconds_per_pattern"] > 0
-    llzo = Path(__file__).parent / "data" / "autoanalyzer" / "li-la-zr-o" / "References"
+    llzo = llzo_dir / "References"
     assert main([*args, "--unknown", str(llzo), "--unknown", "aflow", "--max-strain", "0.015"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["model_reused"] and second["model"] == first["model"]
@@ -223,10 +221,10 @@ def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
     assert 0 < result["model_mb"] < 20 and result["end_to_end"]["latency_median_ms"] > 0
 
 
-def test_simulated_mixtures_hold_the_classes_they_name():
+def test_simulated_mixtures_hold_the_classes_they_name(lmtof_references):
     from xrd_nexus_ml.identification.commands import simulated_mixtures
 
-    library = load_cif_library(REFERENCES)
+    library = load_cif_library(lmtof_references)
     patterns, truth = simulated_mixtures(library, n=30, seed=3)
     assert patterns.shape == (30, PowderSimulator(wavelength="CuKa1").grid.n_points)
     assert {len(t) for t in truth} <= {1, 2, 3} and len({len(t) for t in truth}) > 1

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import nexus_runs as runs
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "nexus"))
-import nexus_runs as runs  # noqa: E402
-
-from bluesky_callbacks.nexus_writer import NexusWriter, safe_file_name  # noqa: E402
-from nexus_definitions import layout as L  # noqa: E402
-from nexus_definitions.writer import NexusFileExistsError, NexusWriteError, clear_consistency_flags  # noqa: E402
-
-CRASH_WRITER = Path(__file__).resolve().parent / "data" / "nexus" / "crash_writer.py"
+from bluesky_callbacks.nexus_writer import NexusWriter, safe_file_name
+from nexus_definitions import layout as L
+from nexus_definitions.writer import NexusFileExistsError, NexusWriteError, clear_consistency_flags
 
 
 def feed(writer, docs):
@@ -239,9 +235,10 @@ def test_writer_errors_name_the_key_and_are_recorded_or_raised(tmp_path):
     writer.close()
 
 
-def test_a_killed_writer_leaves_every_flushed_frame_readable(tmp_path):
+def test_a_killed_writer_leaves_every_flushed_frame_readable(tmp_path, data_dir):
     """A child writes 3 frames; a SWMR reader sees them mid-run, then 4 more; SIGKILL; all 7 remain."""
-    child = subprocess.Popen([sys.executable, str(CRASH_WRITER), str(tmp_path), "3", "4"], stdin=subprocess.PIPE,
+    crash_writer = data_dir / "nexus" / "crash_writer.py"
+    child = subprocess.Popen([sys.executable, str(crash_writer), str(tmp_path), "3", "4"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
         ready, n, path = child.stdout.readline().split()

@@ -26,7 +26,7 @@ from xrd_nexus_ml.io import (
 )
 from xrd_nexus_ml.pattern import WAVELENGTHS, energy_to_wavelength, two_theta_to_q
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"  # tests/data (module level: parametrize needs it)
 EXAMPLES = Path(str(resources.files("xrd_nexus_ml") / "data" / "examples"))  # shipped with the package
 MEASURED = sorted([*(DATA / "measured").glob("*.xy"), EXAMPLES / "MnO.xy", EXAMPLES / "TiO2.xy"])
 CIFS = EXAMPLES / "references"

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 from bluesky import RunEngine
 import bluesky.plans as bp
@@ -20,14 +18,6 @@ from ophyd.sim import SynAxis
 
 from bluesky_callbacks.serve import parse_address
 from bluesky_callbacks.wire import deserialize, serialize
-from tests.test_classifier_callback import TRANSITION, make_detector
-from xrd_nexus_ml.transitions import simulate_ramp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_parse_address_names_what_it_expects():
@@ -37,7 +27,7 @@ def test_parse_address_names_what_it_expects():
             parse_address(bad)
 
 
-def test_serve_classifies_runs_published_through_a_proxy():
+def test_serve_classifies_runs_published_through_a_proxy(free_port, ramp_detector, small_ramp):
     in_port, out_port = free_port(), free_port()
     proxy = Proxy(in_port, out_port)
     threading.Thread(target=proxy.start, daemon=True).start()
@@ -63,11 +53,11 @@ def test_serve_classifies_runs_published_through_a_proxy():
     try:
         assert server.stdout.readline().startswith("serving"), "the server did not start"
         time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously (slow joiner)
-        ramp = simulate_ramp(np.linspace(5, 55, 16), transition_pressure=TRANSITION, noise=0.02, seed=3)
+        ramp = small_ramp
         pressure = SynAxis(name="pressure")
         RE = RunEngine({})
         RE.subscribe(publisher)
-        (uid,) = RE(bp.scan([make_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames))
+        (uid,) = RE(bp.scan([ramp_detector(ramp, pressure)], pressure, 5, 55, ramp.n_frames))
         assert done.wait(120), "no derived run came back through the proxy"
     finally:
         server.send_signal(signal.SIGTERM)

@@ -3,22 +3,19 @@
 import json
 import shutil
 import struct
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import h5py
 import numpy as np
+import nexus_runs as runs
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "nexus"))
-import nexus_runs as runs  # noqa: E402
-
-from bluesky_callbacks.nexus_writer import NexusWriter  # noqa: E402
-from nexus_definitions import layout as L  # noqa: E402
-from nexus_definitions.export import ExportError, cmd_export, export_record, validate_record  # noqa: E402
-from nexus_definitions.reader import read_patterns  # noqa: E402
-from nexus_definitions.validate import (  # noqa: E402
+from bluesky_callbacks.nexus_writer import NexusWriter
+from nexus_definitions import layout as L
+from nexus_definitions.export import ExportError, cmd_export, export_record, validate_record
+from nexus_definitions.reader import read_patterns
+from nexus_definitions.validate import (
     NS,
     check_nxdl_schema,
     cmd_nexus_validate,
@@ -26,7 +23,7 @@ from nexus_definitions.validate import (  # noqa: E402
     units_match,
     validate_file,
 )
-from nexus_definitions.writer import NexusWriteError, append_predictions, lookup3  # noqa: E402
+from nexus_definitions.writer import NexusWriteError, append_predictions, lookup3
 
 
 @pytest.fixture(scope="module")
