@@ -1,4 +1,7 @@
-"""Space-group classifier: the ResNet family, inputs, non-crystal patterns, loss, config, bundle, training.
+"""Training the space-group classifier: the loss, the config, checkpoint and resume, the bundle, DDP, Ray.
+
+The network lives in tests/xrd_nexus_ml/models/test_resnet1d.py, its inputs and non-crystal
+patterns in tests/xrd_nexus_ml/spacegroup/test_spacegroup.py.
 
 Training runs are real but tiny (a few steps of a narrow ResNet on real synthetic crystals);
 what they check is the machinery (checkpoint, resume, DDP, Ray), not accuracy: that lives in
@@ -25,10 +28,9 @@ from training.spacegroup import (
     train_model,
 )
 from xrd_nexus_ml.errors import ModelBundleError
-from xrd_nexus_ml.models.resnet1d import ResNet1D, ResNetConfig, SymmetryClassifier
 from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics import symmetry
-from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, head_sizes, model_input, targets_from_space_groups
+from xrd_nexus_ml.spacegroup.model import SpaceGroupModel, head_sizes, model_input
 from xrd_nexus_ml.spacegroup.negatives import non_crystal_patterns
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/training/ is two below
@@ -37,89 +39,7 @@ TINY = {"steps": 4, "batch_size": 8, "replay": 16, "non_crystal_fraction": 0.25,
         "device": "cpu"}
 
 
-# -- network ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("size", ["resnet10", "resnet18", "resnet34"])
-def test_resnet_family_gives_logits_for_every_head(size):
-    config = ResNetConfig.named(size, widths=(8, 8, 16, 16))
-    net = SymmetryClassifier(config, head_sizes()).eval()
-    out = net(torch.rand(3, 2, 1024))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "space_group": (3, 230), "extinction_group": (3, symmetry.N_EXTINCTION_GROUPS), "crystal_system": (3, 7)}
-
-
-def test_deeper_members_have_more_parameters():
-    counts = [sum(p.numel() for p in SymmetryClassifier(ResNetConfig.named(n), head_sizes()).parameters())
-              for n in ("resnet10", "resnet18", "resnet34")]
-    assert counts[0] < counts[1] < counts[2]
-
-
-def test_position_bins_let_the_features_tell_where_a_peak_is():
-    # the total stride is 32: a peak moved by a multiple of it looks the same to global pooling
-    x = torch.zeros(2, 2, 2048)
-    x[:, 1] = 1.0  # mask
-    x[0, 0, 640:643] = 1.0
-    x[1, 0, 1280:1283] = 1.0
-    torch.manual_seed(0)
-    pooled = ResNet1D(ResNetConfig.named("resnet10", widths=(8, 8, 16, 16))).eval()
-    binned = ResNet1D(ResNetConfig.named("resnet10", widths=(8, 8, 16, 16), position_bins=8, position_width=4)).eval()
-    with torch.no_grad():
-        a, b = pooled(x), binned(x)
-    assert a.shape == (2, 16) and b.shape == (2, 16 + 8 * 4)
-    torch.testing.assert_close(a[0], a[1])
-    assert not torch.allclose(b[0, 16:], b[1, 16:], atol=1e-4)
-
-
-def test_resnet_config_rejects_bad_designs():
-    with pytest.raises(ValueError, match="unknown ResNet size"):
-        ResNetConfig.named("resnet7")
-    with pytest.raises(ValueError, match="equal length"):
-        ResNetConfig(depths=(1, 1), widths=(8,))
-    with pytest.raises(ValueError, match="unknown ResNet config keys"):
-        ResNetConfig.from_dict({"depths": [1], "widths": [8], "kernel": 5})
-    assert ResNetConfig.from_dict(ResNetConfig.named("resnet18").to_dict()) == ResNetConfig.named("resnet18")
-    with pytest.raises(ValueError, match="position_bins"):
-        ResNetConfig(position_bins=-1)
-    with pytest.raises(ValueError, match="position_bins"):
-        ResNetConfig(position_bins=4, position_width=0)
-    # a card written before position bins existed loads as global pooling only
-    old_card = {k: v for k, v in ResNetConfig.named("resnet10").to_dict().items() if not k.startswith("position")}
-    assert ResNetConfig.from_dict(old_card).position_bins == 0
-
-
-# -- inputs and labels -----------------------------------------------------------------------
-def test_model_input_is_sqrt_of_max_normalised_intensity_inside_the_mask():
-    intensity = np.array([[0.0, 4.0, 16.0, 100.0]], dtype=np.float32)
-    mask = np.array([[True, True, True, False]])
-    x = model_input(intensity, mask)
-    assert x.shape == (1, 2, 4)
-    np.testing.assert_allclose(x[0, 0].numpy(), [0.0, 0.5, 1.0, 0.0])  # the unmeasured 100 counts nothing
-    np.testing.assert_array_equal(x[0, 1].numpy(), [1, 1, 1, 0])
-
-
-def test_targets_follow_the_symmetry_tables():
-    t = targets_from_space_groups([1, 225, 62])
-    assert t["space_group"].tolist() == [0, 224, 61]
-    assert t["crystal_system"].tolist() == [symmetry.crystal_system_index(s) for s in (1, 225, 62)]
-    assert t["extinction_group"].tolist() == [symmetry.extinction_group(s) for s in (1, 225, 62)]
-
-
-def test_non_crystal_patterns_are_normalised_masked_and_peak_free():
-    rng = np.random.default_rng(3)
-    intensity, mask = non_crystal_patterns(200, CANONICAL_GRID, rng)
-    assert intensity.shape == mask.shape == (200, CANONICAL_GRID.n_points)
-    assert np.allclose(intensity.max(axis=1), 1.0)
-    assert not intensity[~mask].any()
-    # no Bragg peaks: over 20 grid points (0.04 1/angstrom) a smoothed pattern changes little,
-    # whereas a simulated crystal's peak rises from background to its top within that distance
-    kernel = np.ones(25) / 25
-    smooth = np.array([np.convolve(row, kernel, mode="valid") for row in intensity])
-    inside = np.array([np.convolve(row, kernel, mode="valid") > 0.999 for row in mask.astype(float)])
-    jumps = np.abs(smooth[:, 20:] - smooth[:, :-20])[inside[:, 20:] & inside[:, :-20]]
-    assert np.quantile(jumps, 0.999) < 0.25
-    again, _ = non_crystal_patterns(200, CANONICAL_GRID, np.random.default_rng(3))
-    np.testing.assert_array_equal(intensity, again)
-
-
+# -- loss ------------------------------------------------------------------------------------
 def test_loss_pulls_non_crystal_rows_to_uniform():
     n_sg, n_ext = 230, symmetry.N_EXTINCTION_GROUPS
     zeros = {"space_group": torch.zeros(1, n_sg), "extinction_group": torch.zeros(1, n_ext),
