@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: test data and HDF5 checksums.
+"""Fixtures shared by the whole suite: test data, document collection, NeXus runs and checksums,
+crystal structures, torch threads.
 
 The tree mirrors the packages (tests/xrd_nexus_ml/<subpackage>/test_*.py, tests/bluesky_callbacks/,
 tests/nexus_definitions/, tests/training/). setup.cfg imports test modules with
@@ -11,6 +12,7 @@ is importable through ``pythonpath`` in setup.cfg.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 from pathlib import Path
@@ -59,6 +61,97 @@ def lmtof_spectra(tmp_path_factory) -> Path:
         shutil.copy(path, folder / path.name)
     assert len(list(folder.glob("*.xy"))) == 8
     return folder
+
+
+# -- crystal structures ------------------------------------------------------------------------------
+
+
+@functools.cache  # building a pymatgen structure from its space group takes ~1 s
+def _rocksalt(a: float, species: tuple[str, str]):
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="session")
+def rocksalt():
+    """rocksalt(a=5.64, species=("Na", "Cl")): a rock-salt structure (NaCl by default), a fresh copy
+    each call (built once per cell and species)."""
+
+    def build(a: float = 5.64, species=("Na", "Cl")):
+        return _rocksalt(float(a), tuple(species)).copy()
+
+    return build
+
+
+# -- torch -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch intra-op thread for a module of tiny models: fastest for small ops, and it avoids
+    OpenMP threads spin-waiting on each other when the suite shares its cores with other work
+    (which slows small ops by 10-100x). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- Bluesky documents and NeXus files ---------------------------------------------------------------
+
+
+class Documents:
+    """A callback that keeps every (name, doc) it receives, in order."""
+
+    def __init__(self):
+        self.docs: list[tuple[str, dict]] = []
+
+    def __call__(self, name, doc):
+        self.docs.append((name, doc))
+
+    def clear(self):
+        self.docs.clear()
+
+    def named(self, name) -> list[dict]:
+        """The documents of one kind ("start", "event", ...), in order."""
+        return [d for n, d in self.docs if n == name]
+
+    def page_data(self) -> dict[str, list]:
+        """The data of every event page, concatenated key by key (a derived run's predictions)."""
+        out: dict[str, list] = {}
+        for page in self.named("event_page"):
+            for key, values in page["data"].items():
+                out.setdefault(key, []).extend(values)
+        return out
+
+
+@pytest.fixture(scope="session")
+def documents():
+    """``documents()`` makes a new `Documents` collector: subscribe it to a RunEngine or a callback."""
+    return Documents
+
+
+@pytest.fixture(scope="session")
+def write_nexus_run():
+    """``write_nexus_run(folder, n_frames=4)``: a NeXus file written by NexusWriter from real Bluesky
+    documents (a raw pressure ramp in event pages and its live predictions, one frame late); returns
+    its path."""
+    import nexus_runs as runs
+
+    from bluesky_callbacks.nexus_writer import NexusWriter
+
+    def write(folder: Path, n_frames: int = 4) -> Path:
+        raw = runs.raw_run(n_frames, paged=True)
+        derived = runs.derived_run(raw, n_frames)
+        writer = NexusWriter(folder)
+        for name, doc in runs.interleaved(raw, derived, lag=1):
+            writer(name, doc)
+        return Path(writer.paths[raw.uid])
+
+    return write
 
 
 def _checksums(path: Path) -> dict:

@@ -29,26 +29,8 @@ def ramp():
     return simulate_ramp(np.linspace(5, 55, 26), transition_pressure=TRANSITION, noise=0.02, seed=11)
 
 
-class Collector:
-    def __init__(self):
-        self.docs = []
-
-    def __call__(self, name, doc):
-        self.docs.append((name, doc))
-
-    def named(self, name):
-        return [d for n, d in self.docs if n == name]
-
-    def predictions(self) -> dict[str, list]:
-        out: dict[str, list] = {}
-        for page in self.named("event_page"):
-            for key, values in page["data"].items():
-                out.setdefault(key, []).extend(values)
-        return out
-
-
 @pytest.fixture
-def run_scan(ramp_detector):
+def run_scan(ramp_detector, documents):
     """``run_scan(engine, ramp, **callback_options)``: a scan of the ramp, classified live; returns
     the raw run's uid, its documents, the derived run's documents and the callback."""
 
@@ -56,9 +38,9 @@ def run_scan(ramp_detector):
         pressure = SynAxis(name="pressure")
         detector = ramp_detector(ramp, pressure)
         RE = RunEngine({})
-        raw = Collector()
+        raw = documents()
         classifier = ClassifierCallback(engine, **callback_options)
-        derived = Collector()
+        derived = documents()
         classifier.subscribe(derived)
         RE.subscribe(raw)
         RE.subscribe(classifier)
@@ -79,7 +61,7 @@ def test_every_frame_gets_a_valid_prediction_in_a_derived_run(engine, ramp, run_
     start = derived.named("start")[0]
     assert start["original_run_uid"] == uid
     assert start["phase_names"] == ["B1", "rB1"] and start["models"][0]["model_id"].startswith("phase_classification/")
-    p = derived.predictions()
+    p = derived.page_data()
     raw_seq = [s for e in raw.named("event") for s in [e["seq_num"]]]
     assert sorted(p["raw_seq_num"]) == raw_seq  # one prediction per raw frame, none lost
     assert p["raw_uid"] == [e["uid"] for e in raw.named("event")]
@@ -110,14 +92,14 @@ def test_a_model_failure_never_stops_the_scan(engine, ramp, run_scan):
     broken = InferenceEngine(BrokenModel(engine.phase_model), engine.gate, provenance=engine.provenance)
     uid, raw, derived, _ = run_scan(broken, ramp, batch_size=4)
     assert raw.named("stop")[0]["exit_status"] == "success"  # the raw run completed
-    p = derived.predictions()
+    p = derived.page_data()
     assert sorted(p["raw_seq_num"]) == list(range(1, ramp.n_frames + 1))
     assert set(p["flag"]) == {"error"} and all("device-side assert" in e for e in p["error"])
     stop = derived.named("stop")[0]
     assert stop["exit_status"] == "fail" and f"model errors {ramp.n_frames}" in stop["reason"]
 
 
-def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp, ramp_detector):
+def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp, ramp_detector, documents):
     release = threading.Event()
 
     class SlowSubscriber:  # holds the worker, as a stalled file system or plot would
@@ -130,14 +112,14 @@ def test_a_full_queue_sheds_frames_and_reports_every_one(engine, ramp, ramp_dete
     RE = RunEngine({})
     classifier = ClassifierCallback(engine, batch_size=1, max_queue=3)
     classifier.subscribe(SlowSubscriber())
-    derived = Collector()
+    derived = documents()
     classifier.subscribe(derived)
     RE.subscribe(classifier)
     RE(bp.scan([detector], pressure, 5, 55, ramp.n_frames))
     release.set()
     assert classifier.flush(60)
     classifier.close()
-    p = derived.predictions()
+    p = derived.page_data()
     assert sorted(p["raw_seq_num"]) == list(range(1, ramp.n_frames + 1))  # shed frames are still reported
     shed = [s for s, f in zip(p["raw_seq_num"], p["flag"]) if f == "not_classified"]
     counts = classifier.counts()
@@ -161,14 +143,14 @@ def compose_raw_run(ramp, frames, external=None):
     return bundle, desc
 
 
-def test_event_pages_with_bad_frames_keep_the_sequence(engine, ramp):
+def test_event_pages_with_bad_frames_keep_the_sequence(engine, ramp, documents):
     bundle, desc = compose_raw_run(ramp, ramp.n_frames)
     frames = [row for row in ramp.intensity]
     frames[3] = np.full_like(frames[3], np.nan)
     frames[5] = np.zeros_like(frames[5])
     frames[7] = np.interp(np.linspace(0, 1, 3000), np.linspace(0, 1, frames[7].size), frames[7])  # wrong length
     classifier = ClassifierCallback(engine, batch_size=100)
-    derived = Collector()
+    derived = documents()
     classifier.subscribe(derived)
     classifier("start", bundle.start_doc)
     classifier("descriptor", desc.descriptor_doc)
@@ -180,13 +162,13 @@ def test_event_pages_with_bad_frames_keep_the_sequence(engine, ramp):
     classifier("stop", bundle.compose_stop())
     assert classifier.flush(60)
     classifier.close()
-    p = derived.predictions()
+    p = derived.page_data()
     assert len(p["raw_seq_num"]) == n
     assert p["flag"][3] == "nan" and p["flag"][5] == "zero" and p["flag"][7] == ""  # resampled, classified
     assert abs(p["transition_pressure"][-1] - TRANSITION) < 2.0
 
 
-def test_external_frames_legacy_and_stream_are_filled(engine, ramp, tmp_path):
+def test_external_frames_legacy_and_stream_are_filled(engine, ramp, tmp_path, documents):
     n = 8
     path = tmp_path / "frames.h5"
     with h5py.File(path, "w") as h5:
@@ -198,7 +180,7 @@ def test_external_frames_legacy_and_stream_are_filled(engine, ramp, tmp_path):
                                   resource_kwargs={"frame_per_point": 1})
     datums = [res.compose_datum(datum_kwargs={"point_number": i}) for i in range(n)]
     classifier = ClassifierCallback(engine)
-    derived = Collector()
+    derived = documents()
     classifier.subscribe(derived)
     classifier("start", bundle.start_doc)
     classifier("descriptor", desc.descriptor_doc)
@@ -237,12 +219,12 @@ def test_external_frames_legacy_and_stream_are_filled(engine, ramp, tmp_path):
     assert {f for _, _, f in stream} == {"pressure"}  # no event gave a pressure: classified, not in the estimate
 
 
-def test_a_missing_external_file_becomes_error_records(engine, ramp, tmp_path):
+def test_a_missing_external_file_becomes_error_records(engine, ramp, tmp_path, documents):
     bundle, desc = compose_raw_run(ramp, 2, external="STREAM:")
     sres = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=f"file://localhost{tmp_path}/gone.h5",
                                           data_key="detector_pattern", parameters={"dataset": "/entry/data/data"})
     classifier = ClassifierCallback(engine)
-    derived = Collector()
+    derived = documents()
     classifier.subscribe(derived)
     for name, doc in [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
                       ("stream_resource", sres.stream_resource_doc),
@@ -253,5 +235,5 @@ def test_a_missing_external_file_becomes_error_records(engine, ramp, tmp_path):
         classifier(name, doc)
     assert classifier.flush(60)
     classifier.close()
-    p = derived.predictions()
+    p = derived.page_data()
     assert p["flag"] == ["error", "error"] and all("gone.h5" in e for e in p["error"])

@@ -48,32 +48,27 @@ def _source(model, two_theta, wavelength, policy):
         frame_field="xrd", pressure_field="pressure")
 
 
-def _documents(RE):
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    return docs
-
-
-def test_adaptive_plan_locates_the_transition_with_fewer_frames_than_a_uniform_ramp(model, beamline):
+def test_adaptive_plan_locates_the_transition_with_fewer_frames_than_a_uniform_ramp(model, beamline, documents):
     pressure, detector, two_theta, wavelength = beamline
     policy = SteeringPolicy(precision=PRECISION, coarse_step=4.0)
     source = _source(model, two_theta, wavelength, policy)
     assert isinstance(source, TransitionEstimateSource)
     RE = RunEngine({}, call_returns_result=True)
     RE.subscribe(source)
-    docs = _documents(RE)
+    docs = documents()
+    RE.subscribe(docs)
     outcome = RE(adaptive_pressure_ramp([detector], pressure, policy, source))
     assert outcome.exit_status == "success"
     result: SteeringResult = outcome.plan_result
     assert result.stop_reason == "precision_reached"
     assert abs(result.estimate.pressure - TRUTH) <= PRECISION
 
-    start = next(doc for name, doc in docs if name == "start")
+    start = docs.named("start")[0]
     assert start["plan_name"] == "adaptive_pressure_ramp"
     assert start["steering_policy"]["precision"] == PRECISION and start["motors"] == ["pressure"]
-    streams = {doc["uid"]: doc["name"] for name, doc in docs if name == "descriptor"}
-    primary = [doc for name, doc in docs if name == "event" and streams[doc["descriptor"]] == "primary"]
-    steering = [doc for name, doc in docs if name == "event" and streams[doc["descriptor"]] == "steering"]
+    streams = {doc["uid"]: doc["name"] for doc in docs.named("descriptor")}
+    primary = [doc for doc in docs.named("event") if streams[doc["descriptor"]] == "primary"]
+    steering = [doc for doc in docs.named("event") if streams[doc["descriptor"]] == "steering"]
     assert len(primary) == result.n_frames and len(steering) == result.n_frames + 1
     assert [e["data"]["pressure"] for e in primary] == pytest.approx(result.pressures)
     assert steering[-1]["data"]["steering_reason"] == "precision_reached"
@@ -81,9 +76,9 @@ def test_adaptive_plan_locates_the_transition_with_fewer_frames_than_a_uniform_r
     docs.clear()
     uniform = RE(uniform_pressure_ramp([detector], pressure, policy.start, policy.stop, 2 * PRECISION,
                                        estimate_source=source, precision=PRECISION))
-    n_uniform = sum(1 for name, doc in docs if name == "event" and doc["data"].get("xrd") is not None)
+    n_uniform = sum(1 for doc in docs.named("event") if doc["data"].get("xrd") is not None)
     assert uniform.plan_result.n_frames == n_uniform
-    assert next(doc for name, doc in docs if name == "start")["plan_name"] == "uniform_pressure_ramp"
+    assert docs.named("start")[0]["plan_name"] == "uniform_pressure_ramp"
     assert result.n_frames < n_uniform
 
 
@@ -110,23 +105,25 @@ def test_plan_waits_for_a_classifier_running_in_another_thread(model, beamline):
     assert result.stop_reason == "precision_reached" and abs(result.estimate.pressure - TRUTH) <= 1.0
 
 
-def test_plan_fails_clearly_when_no_classification_arrives(model, beamline):
+def test_plan_fails_clearly_when_no_classification_arrives(model, beamline, documents):
     pressure, detector, two_theta, wavelength = beamline
     policy = SteeringPolicy()
     silent = _source(model, two_theta, wavelength, policy)  # never subscribed
     RE = RunEngine({})
-    docs = _documents(RE)
+    docs = documents()
+    RE.subscribe(docs)
     with pytest.raises(SteeringTimeoutError, match="no classification of primary event 1"):
         RE(adaptive_pressure_ramp([detector], pressure, policy, silent, timeout=0.2))
-    assert next(doc for name, doc in docs if name == "stop")["exit_status"] == "fail"
+    assert docs.named("stop")[0]["exit_status"] == "fail"
 
 
-def test_plain_uniform_ramp_visits_every_pressure(beamline):
+def test_plain_uniform_ramp_visits_every_pressure(beamline, documents):
     pressure, detector, _, _ = beamline
     RE = RunEngine({})
-    docs = _documents(RE)
+    docs = documents()
+    RE.subscribe(docs)
     RE(uniform_pressure_ramp([detector], pressure, 10.0, 14.0, 2.0))
-    assert [doc["data"]["pressure"] for name, doc in docs if name == "event"] == [10.0, 12.0, 14.0]
+    assert [doc["data"]["pressure"] for doc in docs.named("event")] == [10.0, 12.0, 14.0]
     with pytest.raises(SteeringError, match="precision"):
         list(uniform_pressure_ramp([detector], pressure, 10.0, 14.0, 2.0, estimate_source=_source(None, None, None,
                                                                                                    SteeringPolicy())))

@@ -11,7 +11,6 @@ import numpy as np
 import nexus_runs as runs
 import pytest
 
-from bluesky_callbacks.nexus_writer import NexusWriter
 from nexus_definitions import layout as L
 from nexus_definitions.export import ExportError, cmd_export, export_record, validate_record
 from nexus_definitions.reader import read_patterns
@@ -27,15 +26,9 @@ from nexus_definitions.writer import NexusWriteError, append_predictions, lookup
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory) -> Path:
+def written(tmp_path_factory, write_nexus_run) -> Path:
     """A run of 8 frames with its live predictions, written by NexusWriter from real documents."""
-    out = tmp_path_factory.mktemp("nexus")
-    raw = runs.raw_run(8, paged=True)
-    derived = runs.derived_run(raw, 8)
-    writer = NexusWriter(out)
-    for name, doc in runs.interleaved(raw, derived, lag=1):
-        writer(name, doc)
-    return writer.paths[raw.uid]
+    return write_nexus_run(tmp_path_factory.mktemp("nexus"), 8)
 
 
 @pytest.fixture

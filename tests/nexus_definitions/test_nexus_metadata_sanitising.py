@@ -8,8 +8,6 @@ validate against NXxrd_ml.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import json
 import logging
 
@@ -39,16 +37,23 @@ def beamline():
                          lookup_pressures=np.arange(10.0, 30.5, 0.5))
 
 
-def scan(beamline, writer, **md):
-    engine = RunEngine({})
-    docs = defaultdict(list)  # document name -> documents
-    engine.subscribe(lambda name, doc: docs[name].append(doc))
-    engine.subscribe(writer)
-    (uid,) = engine(bp.scan([beamline.detector, beamline.energy], beamline.pressure, 10, 30, N_FRAMES), **md)
-    return uid, docs
+@pytest.fixture
+def scan(beamline, documents):
+    """``scan(writer, **md)``: a scan of the simulated beamline written by `writer`; returns the uid
+    and the documents."""
+
+    def run(writer, **md):
+        engine = RunEngine({})
+        docs = documents()
+        engine.subscribe(docs)
+        engine.subscribe(writer)
+        (uid,) = engine(bp.scan([beamline.detector, beamline.energy], beamline.pressure, 10, 30, N_FRAMES), **md)
+        return uid, docs
+
+    return run
 
 
-def test_metadata_with_nul_surrogate_and_control_characters_is_cleaned_and_recorded(beamline, tmp_path, caplog):
+def test_metadata_with_nul_surrogate_and_control_characters_is_cleaned_and_recorded(scan, tmp_path, caplog):
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern", license="CC-BY-4.0")
     md = {
         "sample": {"name": "Fe\x00O", "chemical_formula": "FeO", "description": "line 1\nline\t2\x1b[31m"},
@@ -58,11 +63,11 @@ def test_metadata_with_nul_surrogate_and_control_characters_is_cleaned_and_recor
         "user": {"name": "Ada\x00 Lovelace"},
     }
     with caplog.at_level(logging.WARNING):
-        uid, docs = scan(beamline, writer, **md)
+        uid, docs = scan(writer, **md)
 
     # the scan ran to its end with every frame
-    assert docs["stop"][0]["exit_status"] == "success"
-    assert len(docs["event"]) == N_FRAMES
+    assert docs.named("stop")[0]["exit_status"] == "success"
+    assert len(docs.named("event")) == N_FRAMES
     assert writer.errors == []
     path = writer.paths[uid]
     with h5py.File(path, "r") as f:
@@ -101,11 +106,11 @@ def test_metadata_with_nul_surrogate_and_control_characters_is_cleaned_and_recor
     assert any("sample.name: removed 1 NUL byte" in m and uid in m for m in warnings), warnings
 
 
-def test_a_sample_name_with_a_nul_no_longer_stops_the_scan(beamline, tmp_path):
+def test_a_sample_name_with_a_nul_no_longer_stops_the_scan(scan, tmp_path):
     """The defect as reported: ``md={"sample": "bad\\x00name"}`` aborted the RunEngine from the writer."""
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern")
-    uid, docs = scan(beamline, writer, sample="bad\x00name")
-    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
+    uid, docs = scan(writer, sample="bad\x00name")
+    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
     assert writer.errors == []
     with h5py.File(writer.paths[uid], "r") as f:
         assert text(f["entry/sample/name"]) == "badname"
@@ -113,25 +118,25 @@ def test_a_sample_name_with_a_nul_no_longer_stops_the_scan(beamline, tmp_path):
     assert "_badname_" in writer.paths[uid].name  # the file name follows the stored value
 
 
-def test_clean_metadata_writes_no_record(beamline, tmp_path):
+def test_clean_metadata_writes_no_record(scan, tmp_path):
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern")
-    uid, _ = scan(beamline, writer, sample={"name": "MgO"}, title="ramp")
+    uid, _ = scan(writer, sample={"name": "MgO"}, title="ramp")
     with h5py.File(writer.paths[uid], "r") as f:
         assert "metadata_sanitised" not in f["entry"]
         assert text(f["entry/sample/name"]) == "MgO"
 
 
-def test_any_other_writer_failure_is_recorded_and_logged_and_the_scan_goes_on(beamline, tmp_path, caplog):
+def test_any_other_writer_failure_is_recorded_and_logged_and_the_scan_goes_on(scan, tmp_path, caplog):
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern", pressure_key="dac_pressure")
     with caplog.at_level(logging.ERROR):
-        uid, docs = scan(beamline, writer, sample="MgO")
-    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
+        uid, docs = scan(writer, sample="MgO")
+    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
     assert len(writer.errors) == 1 and isinstance(writer.errors[0], NexusWriteError)
     assert "no data key 'dac_pressure'" in str(writer.errors[0])
     assert any("no data key 'dac_pressure'" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
 
 
-def test_a_file_whose_metadata_cannot_be_written_is_not_left_behind(beamline, tmp_path, monkeypatch):
+def test_a_file_whose_metadata_cannot_be_written_is_not_left_behind(scan, tmp_path, monkeypatch):
     from nexus_definitions import writer as nexus_writer
 
     def broken(self, metadata):
@@ -140,16 +145,16 @@ def test_a_file_whose_metadata_cannot_be_written_is_not_left_behind(beamline, tm
 
     monkeypatch.setattr(nexus_writer.NexusRunFile, "_write_metadata", broken)
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern")
-    uid, docs = scan(beamline, writer, sample="MgO")
-    assert docs["stop"][0]["exit_status"] == "success" and len(docs["event"]) == N_FRAMES
+    uid, docs = scan(writer, sample="MgO")
+    assert docs.named("stop")[0]["exit_status"] == "success" and len(docs.named("event")) == N_FRAMES
     assert len(writer.errors) == 1 and "disk full" in str(writer.errors[0])  # reported once, not per document
     assert list(tmp_path.iterdir()) == []  # no partial file
 
 
-def test_raise_errors_hands_failures_to_the_run_engine(beamline, tmp_path):
+def test_raise_errors_hands_failures_to_the_run_engine(scan, tmp_path):
     writer = NexusWriter(tmp_path, pattern_key="detector_pattern", pressure_key="dac_pressure", raise_errors=True)
     with pytest.raises(NexusWriteError, match="no data key 'dac_pressure'"):
-        scan(beamline, writer, sample="MgO")
+        scan(writer, sample="MgO")
     assert len(writer.errors) == 1
 
 

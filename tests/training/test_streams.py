@@ -11,15 +11,15 @@ from xrd_nexus_ml.pattern import CANONICAL_GRID
 from xrd_nexus_ml.physics.augment import default_pipeline
 
 
-def structures():
-    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+@pytest.fixture(scope="module")
+def structures(rocksalt):
     rutile = Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
                                        [[0, 0, 0], [0.305, 0.305, 0]])
-    return [rocksalt, rutile]
+    return [rocksalt(), rutile]
 
 
-def test_list_stream_yields_labelled_batches_with_workers():
-    source = ListSource(structures(), labels={"phase": [0, 1]})
+def test_list_stream_yields_labelled_batches_with_workers(structures):
+    source = ListSource(structures, labels={"phase": [0, 1]})
     stream = PatternStream(source, batch_size=6, augment=default_pipeline("measured"), seed=3, max_batches=2)
     loader = DataLoader(stream, batch_size=None, num_workers=2)
     batches = list(loader)
@@ -33,8 +33,8 @@ def test_list_stream_yields_labelled_batches_with_workers():
     assert not torch.equal(batches[0]["intensity"], batches[1]["intensity"])
 
 
-def test_stream_is_reproducible_for_a_seed():
-    source = ListSource(structures(), labels={"phase": [0, 1]})
+def test_stream_is_reproducible_for_a_seed(structures):
+    source = ListSource(structures, labels={"phase": [0, 1]})
     first = next(iter(PatternStream(source, batch_size=4, augment=default_pipeline("measured"), seed=11)))
     again = next(iter(PatternStream(source, batch_size=4, augment=default_pipeline("measured"), seed=11)))
     other = next(iter(PatternStream(source, batch_size=4, augment=default_pipeline("measured"), seed=12)))
@@ -42,9 +42,9 @@ def test_stream_is_reproducible_for_a_seed():
     assert not torch.equal(first["intensity"], other["intensity"])
 
 
-def test_label_count_mismatch_is_refused():
+def test_label_count_mismatch_is_refused(structures):
     with pytest.raises(ValueError, match="phase"):
-        ListSource(structures(), labels={"phase": [0]})
+        ListSource(structures, labels={"phase": [0]})
 
 
 def test_synthetic_stream_labels_match_symmetry_tables():

@@ -14,20 +14,6 @@ from xrd_nexus_ml.demo import example_dir
 from xrd_nexus_ml.errors import WavelengthError
 from xrd_nexus_ml.pattern import WAVELENGTHS, resolve_wavelength
 
-import nexus_runs as runs
-
-
-def nexus_run(folder: Path, n_frames: int = 4) -> Path:
-    """A NeXus file written by NexusWriter from real Bluesky documents (raw run + live predictions)."""
-    from bluesky_callbacks.nexus_writer import NexusWriter
-
-    raw = runs.raw_run(n_frames, paged=True)
-    derived = runs.derived_run(raw, n_frames)
-    writer = NexusWriter(folder)
-    for name, doc in runs.interleaved(raw, derived, lag=1):
-        writer(name, doc)
-    return Path(writer.paths[raw.uid])
-
 
 def q_pattern(path: Path, seed: int = 1) -> Path:
     """A two-column pattern on q (Å^-1): needs no wavelength at all."""
@@ -46,8 +32,8 @@ def q_series(folder: Path, n: int = 6) -> list[str]:
 # -- 1. `nexus validate` with a relative path ----------------------------------------------------
 
 
-def test_nexus_validate_accepts_a_relative_path(tmp_path, monkeypatch, capsys):
-    path = nexus_run(tmp_path)
+def test_nexus_validate_accepts_a_relative_path(tmp_path, monkeypatch, capsys, write_nexus_run):
+    path = write_nexus_run(tmp_path)
     assert main(["nexus", "validate", str(path)]) == 0  # the file is valid
     capsys.readouterr()
     monkeypatch.chdir(tmp_path.parent)
@@ -59,10 +45,10 @@ def test_nexus_validate_accepts_a_relative_path(tmp_path, monkeypatch, capsys):
     assert Path.cwd() == tmp_path.parent  # the validator put the working directory back
 
 
-def test_nexus_validate_accepts_a_relative_definition(tmp_path, monkeypatch, capsys):
+def test_nexus_validate_accepts_a_relative_definition(tmp_path, monkeypatch, capsys, write_nexus_run):
     from nexus_definitions import layout as L
 
-    path = nexus_run(tmp_path)
+    path = write_nexus_run(tmp_path)
     shutil.copy(L.NXDL_PATH, tmp_path / L.NXDL_PATH.name)
     monkeypatch.chdir(tmp_path.parent)
     assert main(["nexus", "validate", str(Path(tmp_path.name) / path.name), "--definition",
@@ -175,10 +161,10 @@ def test_classify_names_a_two_theta_file_without_wavelength(tmp_path, capsys):
     assert second["file"] == str(bare) and "--wavelength" in second["error"]
 
 
-def test_classify_of_nexus_files_goes_on_past_a_bad_one(tmp_path, capsys):
+def test_classify_of_nexus_files_goes_on_past_a_bad_one(tmp_path, capsys, write_nexus_run):
     bad = tmp_path / "bad.nxs"
     bad.write_bytes(b"not an HDF5 file at all")
-    good = nexus_run(tmp_path / "runs")
+    good = write_nexus_run(tmp_path / "runs")
     assert main(["classify", str(bad), str(good), "--json"]) == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["file"] == str(bad) and "error" in lines[0]

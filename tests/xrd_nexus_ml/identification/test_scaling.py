@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from pymatgen.core import Element
 
 from xrd_nexus_ml.identification.library import canonical_formula
@@ -26,13 +25,7 @@ from xrd_nexus_ml.physics.form_factors import check_supported
 from xrd_nexus_ml.references import aflow_prototypes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the suite may share its cores with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # the suite may share its cores with other work
 
 #: Models small enough to train in seconds, big enough to learn a dozen classes in 60 steps.
 SMALL = ScalingModels(

@@ -34,14 +34,7 @@ EXPERT_COARSE = [[0, 0, 1], [0, 1], [0, 1, 1], [0, 1]]
 N_CLASSES = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is fastest, and it avoids the OpenMP threads
-    spin-waiting on each other when the CPU is shared (which slows small ops by 10-100x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def _tiny_moe(seed: int = 0, k: int = 2) -> MixtureOfExperts:

@@ -35,11 +35,6 @@ CU_KA1 = 1.54056
 
 
 @functools.cache  # building a pymatgen structure from its space group takes ~1 s
-def rocksalt():
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-@functools.cache  # building a pymatgen structure from its space group takes ~1 s
 def rutile():
     return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.594, 2.959), ["Ti", "O"],
                                      [[0, 0, 0], [0.305, 0.305, 0]])
@@ -114,7 +109,7 @@ def strong_peaks(peaks, row=0, relative=0.05):
 # -- pipeline behaviour ----------------------------------------------------------------------
 
 
-def test_same_seed_same_output_different_seed_differs(q_sim, impurity):
+def test_same_seed_same_output_different_seed_differs(q_sim, impurity, rocksalt):
     pipeline = default_pipeline("measured", impurity_pool=impurity.pool)
     structures = [rocksalt(), rutile(), wurtzite()] * 2
     first = q_sim.run(structures, augment=pipeline, generator=seeded(7))
@@ -129,7 +124,7 @@ def test_same_seed_same_output_different_seed_differs(q_sim, impurity):
         assert first.extras[name]["applied"].shape == (6,)
 
 
-def test_probability_zero_leaves_the_batch_unchanged(q_sim, impurity):
+def test_probability_zero_leaves_the_batch_unchanged(q_sim, impurity, rocksalt):
     transforms = [dataclasses.replace(t, probability=0.0)
                   for t in default_pipeline("measured", impurity_pool=impurity.pool)]
     structures = [rocksalt(), rutile(), wurtzite()]
@@ -142,7 +137,7 @@ def test_probability_zero_leaves_the_batch_unchanged(q_sim, impurity):
     assert not any(record["applied"].any() for record in untouched.extras.values())
 
 
-def test_probability_is_drawn_per_pattern(q_sim):
+def test_probability_is_drawn_per_pattern(q_sim, rocksalt):
     structures = [rocksalt()] * 32
     clean = q_sim.run(structures)
     state = run(q_sim, structures, LatticeStrain(probability=0.5, strain_range=(0.01, 0.01)))
@@ -155,7 +150,7 @@ def test_probability_is_drawn_per_pattern(q_sim):
 # -- crystal and reflections -------------------------------------------------------------------
 
 
-def test_debye_waller_damps_high_q_as_exp_minus_2_b_s2(q_sim):
+def test_debye_waller_damps_high_q_as_exp_minus_2_b_s2(q_sim, rocksalt):
     clean = q_sim.run([rocksalt()])
     state = run(q_sim, [rocksalt()], RandomDebyeWaller(b_range=(1.2, 1.2)))
     assert torch.allclose(state.crystals.b_factors, torch.full((1, 8), 1.2))
@@ -167,7 +162,7 @@ def test_debye_waller_damps_high_q_as_exp_minus_2_b_s2(q_sim):
     assert ratio[-1] < 0.5 * ratio[0]  # high-q peaks lose relative to low-q ones
 
 
-def test_debye_waller_per_element_gives_each_element_its_own_b(q_sim):
+def test_debye_waller_per_element_gives_each_element_its_own_b(q_sim, rocksalt):
     state = run(q_sim, [rocksalt(), rutile()], RandomDebyeWaller(per_element=True))
     b, z = state.crystals.b_factors, state.crystals.atomic_numbers
     for row in range(2):
@@ -199,7 +194,7 @@ def test_march_dollase_platelets_enhance_00l(q_sim, structure):
 # -- peaks -------------------------------------------------------------------------------------
 
 
-def test_isotropic_strain_moves_every_peak_by_one_over_one_plus_eps():
+def test_isotropic_strain_moves_every_peak_by_one_over_one_plus_eps(rocksalt):
     eps = 0.004
     sim = PowderSimulator(wavelength=CU_KA1, grid=RenderGrid("q", 1.0, 0.0004, 10001), device="cpu",
                           profile=PeakProfile(shape="gaussian", caglioti_uvw=(0.0, 0.0, 0.0025)))
@@ -216,7 +211,7 @@ def test_isotropic_strain_moves_every_peak_by_one_over_one_plus_eps():
         assert after == pytest.approx(before / (1 + eps), abs=2e-4)  # shift is 0.004 q
 
 
-def test_anisotropic_strain_scales_a_and_c_separately_and_keeps_cubic_isotropic(q_sim):
+def test_anisotropic_strain_scales_a_and_c_separately_and_keeps_cubic_isotropic(q_sim, rocksalt):
     clean = q_sim.run([rutile(), rocksalt()])
     state = run(q_sim, [rutile(), rocksalt()], LatticeStrain(strain_range=(-0.005, 0.005), mode="anisotropic"),
                 seed=3)
@@ -233,7 +228,7 @@ def test_anisotropic_strain_scales_a_and_c_separately_and_keeps_cubic_isotropic(
     torch.testing.assert_close(nacl, torch.full_like(nacl, 1 / (1 + float(e[1, 0]))))
 
 
-def test_zero_offset_shifts_every_two_theta_position_by_the_offset(tt_sim):
+def test_zero_offset_shifts_every_two_theta_position_by_the_offset(tt_sim, rocksalt):
     offset = 0.12
     clean = tt_sim.run([rocksalt()])
     state = run(tt_sim, [rocksalt()], PeakShift(zero_offset_deg=(offset, offset), displacement_mm=(0.0, 0.0)))
@@ -248,7 +243,7 @@ def test_zero_offset_shifts_every_two_theta_position_by_the_offset(tt_sim):
         assert after - before == pytest.approx(offset, abs=2e-3)
 
 
-def test_sample_displacement_shift_goes_with_cos_theta(tt_sim):
+def test_sample_displacement_shift_goes_with_cos_theta(tt_sim, rocksalt):
     s_mm, radius = 0.2, 240.0
     clean = tt_sim.run([rocksalt()])
     shift = PeakShift(zero_offset_deg=(0.0, 0.0), displacement_mm=(s_mm, s_mm), goniometer_radius_mm=radius)
@@ -266,7 +261,7 @@ def test_sample_displacement_shift_goes_with_cos_theta(tt_sim):
     assert moved == pytest.approx(np.degrees(-2 * s_mm / radius * np.cos(np.radians(tt / 2))), abs=2e-3)
 
 
-def test_crystallite_size_broadening_follows_scherrer():
+def test_crystallite_size_broadening_follows_scherrer(rocksalt):
     size_nm, k = 25.0, 0.9
     sim = PowderSimulator(wavelength=CU_KA1, grid=RenderGrid.two_theta(10, 80, 0.002), device="cpu",
                           profile=PeakProfile(shape="gaussian", caglioti_uvw=None, scherrer_k=k))
@@ -278,7 +273,7 @@ def test_crystallite_size_broadening_follows_scherrer():
         assert fwhm(x, state.intensity[0].numpy(), tt, 0.5) == pytest.approx(scherrer, rel=0.03)
 
 
-def test_smaller_crystallites_give_wider_peaks(tt_sim):
+def test_smaller_crystallites_give_wider_peaks(tt_sim, rocksalt):
     clean = tt_sim.run([rocksalt()])
     state = run(tt_sim, [rocksalt()], CrystalliteSize(size_nm=(15.0, 15.0)))
     x = tt_sim.grid.values.numpy()
@@ -287,7 +282,7 @@ def test_smaller_crystallites_give_wider_peaks(tt_sim):
     assert state.intensity.sum() == pytest.approx(float(clean.intensity.sum()), rel=0.02)
 
 
-def test_peak_loss_with_p_one_removes_every_peak(q_sim):
+def test_peak_loss_with_p_one_removes_every_peak(q_sim, rocksalt):
     state = run(q_sim, [rocksalt(), rutile()], PeakLoss(drop_probability=(1.0, 1.0), keep_strongest=False))
     assert (state.peaks.intensity == 0).all()
     assert (state.intensity == 0).all()
@@ -304,7 +299,7 @@ def test_intensity_scaling_stays_within_its_range(q_sim):
     torch.testing.assert_close(state.extras["IntensityScaling"]["factor"][live], ratio)
 
 
-def test_impurity_adds_its_peaks_at_its_positions(q_sim, impurity):
+def test_impurity_adds_its_peaks_at_its_positions(q_sim, impurity, rocksalt):
     clean = q_sim.run([rocksalt()] * 4)
     state = run(q_sim, [rocksalt()] * 4, impurity, seed=2)
     picks = state.extras["ImpurityPhase"]["impurity"]
@@ -327,7 +322,7 @@ def test_impurity_adds_its_peaks_at_its_positions(q_sim, impurity):
 # -- pattern -----------------------------------------------------------------------------------
 
 
-def test_background_is_non_negative_and_smooth(q_sim):
+def test_background_is_non_negative_and_smooth(q_sim, rocksalt):
     structures = [rocksalt(), rutile(), wurtzite()] * 3
     clean = q_sim.run(structures)
     state = run(q_sim, structures, Background(polynomial_scale=(0.05, 0.1), gp_scale=(0.02, 0.05),
@@ -369,7 +364,7 @@ def test_gaussian_noise_has_the_requested_sigma():
     assert abs(residual.mean().item()) < 1e-3
 
 
-def test_range_mask_zeroes_and_masks_outside_the_window(q_sim):
+def test_range_mask_zeroes_and_masks_outside_the_window(q_sim, rocksalt):
     structures = [rocksalt(), rutile(), wurtzite()] * 2
     state = run(q_sim, structures, RangeMask(q_min=(0.5, 1.5), q_max=(4.0, 6.0), gap_probability=1.0))
     record = state.extras["RangeMask"]
@@ -384,7 +379,7 @@ def test_range_mask_zeroes_and_masks_outside_the_window(q_sim):
     assert (state.intensity[state.mask] > 0).any()
 
 
-def test_normalise_gives_max_one_over_measured_points(q_sim):
+def test_normalise_gives_max_one_over_measured_points(q_sim, rocksalt):
     structures = [rocksalt(), rutile(), wurtzite()]
     state = run(q_sim, structures, Background(), RangeMask(), Normalise())
     measured_max = torch.where(state.mask, state.intensity, torch.zeros_like(state.intensity)).amax(1)
@@ -392,7 +387,7 @@ def test_normalise_gives_max_one_over_measured_points(q_sim):
     assert (state.intensity[~state.mask] == 0).all()
 
 
-def test_clean_pipeline_is_debye_waller_and_normalise(q_sim):
+def test_clean_pipeline_is_debye_waller_and_normalise(q_sim, rocksalt):
     pipeline = default_pipeline("clean")
     assert [t.name for t in pipeline] == ["RandomDebyeWaller", "Normalise"]
     state = q_sim.run([rocksalt()], augment=pipeline, generator=seeded(0))
@@ -427,7 +422,7 @@ def test_unknown_names_and_fields_are_refused():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cpu_generator_drives_a_gpu_batch_reproducibly(impurity):
+def test_cpu_generator_drives_a_gpu_batch_reproducibly(impurity, rocksalt):
     sim = PowderSimulator(wavelength=CU_KA1, device="cuda")
     pipeline = default_pipeline("measured", impurity_pool=impurity.pool)
     first = sim.run([rocksalt(), rutile()], augment=pipeline, generator=seeded(3))

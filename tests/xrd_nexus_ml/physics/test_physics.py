@@ -16,10 +16,6 @@ from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_stru
 CU_KA1 = 1.54056
 
 
-def rocksalt(a=5.64, species=("Na", "Cl")):
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), list(species), [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
 def two_theta_simulator(**profile):
     return PowderSimulator(
         wavelength=CU_KA1, grid=RenderGrid.two_theta(10, 80, 0.005), profile=PeakProfile(**profile), device="cpu"
@@ -80,7 +76,7 @@ def test_batch_equals_one_by_one():
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-3 * float(alone.max()))
 
 
-def test_rendering_keeps_integrated_intensity():
+def test_rendering_keeps_integrated_intensity(rocksalt):
     sim = two_theta_simulator(shape="gaussian", caglioti_uvw=(0.0, 0.0, 0.01))
     nacl = rocksalt()
     sticks = sim.reflections(sim.batch([nacl])).merged()
@@ -92,7 +88,7 @@ def test_rendering_keeps_integrated_intensity():
 
 
 @pytest.mark.parametrize("shape", ["gaussian", "lorentzian", "pseudo_voigt"])
-def test_peak_fwhm_follows_caglioti(shape):
+def test_peak_fwhm_follows_caglioti(shape, rocksalt):
     w = 0.04  # FWHM² in deg² -> FWHM 0.2°
     sim = two_theta_simulator(shape=shape, caglioti_uvw=(0.0, 0.0, w), eta=0.5)
     pattern = sim.simulate([rocksalt()])[0].numpy()
@@ -104,7 +100,7 @@ def test_peak_fwhm_follows_caglioti(shape):
     assert x[right] - x[left] == pytest.approx(math.sqrt(w), abs=0.011)
 
 
-def test_scherrer_width():
+def test_scherrer_width(rocksalt):
     size_nm = 20.0
     sim = two_theta_simulator(caglioti_uvw=None, crystallite_size_nm=size_nm)
     pattern = sim.simulate([rocksalt()])[0].numpy()
@@ -118,7 +114,7 @@ def test_scherrer_width():
     assert fwhm == pytest.approx(expected, rel=0.05)
 
 
-def test_kalpha2_doublet_at_its_own_wavelength():
+def test_kalpha2_doublet_at_its_own_wavelength(rocksalt):
     sim = two_theta_simulator(caglioti_uvw=(0, 0, 0.0004), kalpha2_ratio=0.5, kalpha2_wavelength=1.54439)
     pattern = sim.simulate([rocksalt()])[0].numpy()
     x = sim.grid.values.numpy()
@@ -130,7 +126,7 @@ def test_kalpha2_doublet_at_its_own_wavelength():
     assert i2 / i1 == pytest.approx(0.5, rel=0.05)
 
 
-def test_canonical_q_grid_places_peaks_at_two_pi_over_d():
+def test_canonical_q_grid_places_peaks_at_two_pi_over_d(rocksalt):
     sim = PowderSimulator(wavelength=CU_KA1, grid=CANONICAL_GRID, device="cpu")
     pattern = sim.simulate([rocksalt()])[0].numpy()
     q = CANONICAL_GRID.values
@@ -141,7 +137,7 @@ def test_canonical_q_grid_places_peaks_at_two_pi_over_d():
     assert two_theta_to_q(np.array([tt]), CU_KA1)[0] == pytest.approx(peak_q, abs=CANONICAL_GRID.step)
 
 
-def test_stream_bounds_batches_and_keeps_every_structure():
+def test_stream_bounds_batches_and_keeps_every_structure(rocksalt):
     base = rocksalt()
     structures = [Structure(Lattice.cubic(a), base.species, base.frac_coords) for a in np.linspace(4.0, 6.5, 23)]
     sim = PowderSimulator(wavelength=CU_KA1, device="cpu", batch_size=5)
@@ -178,7 +174,7 @@ def test_gpu_matches_cpu():
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3 * float(cpu.max()))
 
 
-def test_stream_reads_ahead_by_at_most_one_window():
+def test_stream_reads_ahead_by_at_most_one_window(rocksalt):
     """Memory is bounded by batch_size x sort_window structures, however long the input is."""
     base = rocksalt()
     pulled = []
