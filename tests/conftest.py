@@ -1,5 +1,5 @@
 """Fixtures shared by the whole suite: test data, document collection, NeXus runs and checksums,
-crystal structures, torch threads.
+crystal structures, torch threads; and a guard on every test: no thread may outlive it.
 
 The tree mirrors the packages (tests/xrd_nexus_ml/<subpackage>/test_*.py, tests/bluesky_callbacks/,
 tests/nexus_definitions/, tests/training/). setup.cfg imports test modules with
@@ -15,9 +15,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["pytester"]  # the tests of the guards below run pytest on small test files
 
 TESTS = Path(__file__).parent
 DATA = TESTS / "data"
@@ -29,6 +34,11 @@ _LMTOF_SPECTRA = [
     DATA / "measured" / "Li2MnO3+MnO+TiO2.xy",
     *sorted((DATA / "autoanalyzer" / "li-mn-ti-o-f" / "Spectra").glob("*.xy")),
 ]
+
+
+def pytest_addoption(parser):
+    parser.addini("thread_leak_timeout", "seconds a test's threads get to end after the test (default 5)",
+                  default="5")
 
 
 # -- test data ---------------------------------------------------------------------------------------
@@ -175,3 +185,59 @@ def checksums():
     """``checksums(path)``: a digest of every dataset's bytes and every attribute of an HDF5 file,
     to prove that appending to it changed nothing that was there."""
     return _checksums
+
+
+# -- every test: no leaked threads ---------------------------------------------------------------------
+
+#: Threads that libraries keep for the rest of the process by design, idle between uses; by name.
+#: - "bluesky-run-engine": bluesky starts one event-loop thread per RunEngine and never stops it
+#:   (a RunEngine has no close()); run_demo and bench_callback make RunEngines of their own.
+#: - "tqdm_monitor": tqdm's single monitor thread (tqdm.tqdm.monitor_interval).
+#: - "zarr_io": zarr's process-wide I/O event loop (tiled's zarr storage, behind RunStore).
+LIBRARY_THREAD_NAMES = frozenset({"bluesky-run-engine", "tqdm_monitor", "zarr_io"})
+
+
+def library_threads() -> set[threading.Thread]:
+    """The threads of LIBRARY_THREAD_NAMES, plus two pools whose threads have generic names:
+    the default executor of zarr's I/O loop ("asyncio_N": zarr reads files through
+    asyncio.to_thread) and dask's process-wide default pool ("ThreadPoolExecutor-N_M": tiled's
+    client reads arrays through dask)."""
+    keep = {t for t in threading.enumerate() if t.name in LIBRARY_THREAD_NAMES}
+    zarr_sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(zarr_sync, "loop", [None])[0]
+    executor = getattr(loop, "_default_executor", None)
+    keep |= set(getattr(executor, "_threads", ()))
+    dask_threaded = sys.modules.get("dask.threaded")
+    keep |= set(getattr(getattr(dask_threaded, "default_pool", None), "_threads", ()))
+    return keep
+
+
+def leaked_threads(before: set[threading.Thread], timeout: float) -> list[threading.Thread]:
+    """Threads started since `before` that are still alive after up to `timeout` seconds (all of
+    them together) to end, library threads (see `library_threads`) aside."""
+    keep = library_threads()
+    started = [t for t in threading.enumerate() if t not in before and t not in keep]
+    deadline = time.monotonic() + timeout
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in started if t.is_alive()]
+
+
+@pytest.fixture(scope="session")
+def thread_leak_check():
+    """The guard's check, ``thread_leak_check(before, timeout)``, for tests of the guard itself."""
+    return leaked_threads
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks(request):
+    """Every thread a test starts (RunEngine plans' timers, ClassifierCallback workers, 0MQ proxies
+    and listeners, tiled servers, Ray drivers, DataLoader feeders, ...) must end with it: a thread
+    still running a few seconds after the test fails it. Threads of module- or session-scoped
+    fixtures are set up before this snapshot and are not counted."""
+    before = set(threading.enumerate())
+    yield
+    leaked = leaked_threads(before, float(request.config.getini("thread_leak_timeout")))
+    if leaked:
+        names = ", ".join(f"{t.name} ({getattr(t, '_target', None)!r})" for t in leaked)
+        pytest.fail(f"{len(leaked)} thread(s) started by the test still running after it: {names}", pytrace=False)

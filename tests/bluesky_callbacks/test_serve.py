@@ -13,7 +13,7 @@ import time
 import pytest
 from bluesky import RunEngine
 import bluesky.plans as bp
-from bluesky.callbacks.zmq import Proxy, Publisher, RemoteDispatcher
+from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
 from ophyd.sim import SynAxis
 
 from bluesky_callbacks.serve import parse_address
@@ -27,10 +27,8 @@ def test_parse_address_names_what_it_expects():
             parse_address(bad)
 
 
-def test_serve_classifies_runs_published_through_a_proxy(free_port, ramp_detector, small_ramp):
-    in_port, out_port = free_port(), free_port()
-    proxy = Proxy(in_port, out_port)
-    threading.Thread(target=proxy.start, daemon=True).start()
+def test_serve_classifies_runs_published_through_a_proxy(zmq_proxy, listen_in_thread, ramp_detector, small_ramp):
+    in_port, out_port = zmq_proxy
 
     received: list[tuple[str, dict]] = []
     done = threading.Event()
@@ -43,7 +41,7 @@ def test_serve_classifies_runs_published_through_a_proxy(free_port, ramp_detecto
             done.set()
 
     listener.subscribe(collect)
-    threading.Thread(target=listener.start, daemon=True).start()
+    listen_in_thread(listener)
 
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     server = subprocess.Popen([sys.executable, "-m", "xrd_nexus_ml.cli", "serve", "--zmq", f"localhost:{out_port}",

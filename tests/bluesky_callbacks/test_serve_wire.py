@@ -23,7 +23,7 @@ import pytest
 import zmq
 from bluesky import RunEngine
 import bluesky.plans as bp
-from bluesky.callbacks.zmq import Proxy, Publisher
+from bluesky.callbacks.zmq import Publisher
 from ophyd.sim import SynAxis
 
 from bluesky_callbacks.serve import GuardedRemoteDispatcher, codec
@@ -156,13 +156,11 @@ def test_ten_thousand_malformed_messages_are_counted_and_dropped_in_bounded_memo
         dispatcher.stop()
 
 
-def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifying(tmp_path, free_port, ramp_detector,
-                                                                                  small_ramp):
+def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifying(tmp_path, zmq_proxy, listen_in_thread,
+                                                                                  ramp_detector, small_ramp):
     """A real server behind a real proxy on loopback: a run, then a pickle payload that would run
     `touch`, 250 malformed messages and a document that breaks a callback, then a second run."""
-    in_port, out_port = free_port(), free_port()
-    proxy = Proxy(("localhost", in_port), ("localhost", out_port))
-    threading.Thread(target=proxy.start, daemon=True).start()
+    in_port, out_port = zmq_proxy
 
     # the test listens with the same guard: the hostile messages reach every listener of the proxy
     loop = asyncio.new_event_loop()
@@ -175,14 +173,8 @@ def test_serve_drops_a_pickle_exploit_and_a_malformed_flood_and_keeps_classifyin
             classified.append(doc)
             finished.release()
 
-    def listen():
-        try:
-            listener.start()
-        except asyncio.CancelledError:  # how its loop ends
-            pass
-
     listener.subscribe(collect)
-    threading.Thread(target=listen, daemon=True).start()
+    listen_in_thread(listener)
 
     marker, smuggled = tmp_path / "pwned", tmp_path / "pwned_msgpack_numpy"
     n_malformed = 250

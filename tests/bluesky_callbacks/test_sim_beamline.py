@@ -3,7 +3,6 @@ files read back through the AD_HDF5 handler, and pyFAI integrating the area dete
 
 import logging
 import math
-import threading
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
@@ -40,17 +39,6 @@ STEP = 16.0 / (N_POINTS - 1)  # the 1D detector's 2θ step, degrees
 @pytest.fixture(scope="module")
 def RE():
     return RunEngine({}, context_managers=[])
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_threads():
-    """Every thread a test starts (settle timers, ...) must end with it."""
-    before = set(threading.enumerate())
-    yield
-    started = [t for t in threading.enumerate() if t not in before]
-    for thread in started:
-        thread.join(timeout=5.0)
-    assert not [t for t in started if t.is_alive()]
 
 
 def run(RE, plan, *callbacks):

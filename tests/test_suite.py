@@ -1,0 +1,52 @@
+"""The suite's own machinery (tests/conftest.py): the thread-leak guard fails a test that leaves a
+thread running, and tolerates the threads libraries keep for the whole process."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_check_reports_a_thread_still_running_and_not_one_that_ended(thread_leak_check):
+    before = set(threading.enumerate())
+    release = threading.Event()
+    leaky = threading.Thread(target=release.wait, name="leaky")
+    leaky.start()
+    try:
+        assert thread_leak_check(before, timeout=0.2) == [leaky]
+    finally:
+        release.set()
+        leaky.join(5)
+    assert not leaky.is_alive()
+    assert thread_leak_check(before, timeout=0.2) == []
+
+
+def test_the_guard_fails_a_test_that_leaks_a_thread(pytester, monkeypatch):
+    """The real conftest as a plugin of a separate pytest run: the leak is an error at teardown."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    pytester.makepyfile(test_threads="""
+        import threading
+        import time
+
+        STOP = threading.Event()
+
+
+        def test_leaks_a_thread():
+            threading.Thread(target=STOP.wait, name="leaky-worker", daemon=True).start()
+
+
+        def test_a_thread_that_ends_soon_after_the_test_is_no_leak():
+            threading.Thread(target=time.sleep, args=(0.3,), name="short-worker").start()
+
+
+        def test_a_library_thread_kept_for_the_process_is_no_leak():
+            threading.Thread(target=STOP.wait, name="bluesky-run-engine", daemon=True).start()
+    """)
+    result = pytester.runpytest_subprocess("-p", "tests.conftest", "-p", "no:cacheprovider",
+                                           "-o", "thread_leak_timeout=1", "test_threads.py")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_a_thread*",
+                                 "*1 thread(s) started by the test still running after it: leaky-worker*"])
