@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: test data, document collection, NeXus runs and checksums,
-crystal structures, torch threads; and a guard on every test: no thread may outlive it.
+crystal structures, torch threads; and two guards on every test: no thread may outlive it, and
+a test marked `gpu` is skipped without CUDA.
 
 The tree mirrors the packages (tests/xrd_nexus_ml/<subpackage>/test_*.py, tests/bluesky_callbacks/,
 tests/nexus_definitions/, tests/training/). setup.cfg imports test modules with
@@ -241,3 +242,20 @@ def no_thread_leaks(request):
     if leaked:
         names = ", ".join(f"{t.name} ({getattr(t, '_target', None)!r})" for t in leaked)
         pytest.fail(f"{len(leaked)} thread(s) started by the test still running after it: {names}", pytrace=False)
+
+
+# -- every test: `gpu` needs CUDA ----------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped when torch sees no CUDA device; nothing else may need one."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked gpu: needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu:
+        item.add_marker(skip)

@@ -1,11 +1,14 @@
 """The suite's own machinery (tests/conftest.py): the thread-leak guard fails a test that leaves a
-thread running, and tolerates the threads libraries keep for the whole process."""
+thread running, and tolerates the threads libraries keep for the whole process; tests marked
+`gpu` are skipped without CUDA."""
 
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,9 +27,15 @@ def test_the_check_reports_a_thread_still_running_and_not_one_that_ended(thread_
     assert thread_leak_check(before, timeout=0.2) == []
 
 
-def test_the_guard_fails_a_test_that_leaks_a_thread(pytester, monkeypatch):
-    """The real conftest as a plugin of a separate pytest run: the leak is an error at teardown."""
+@pytest.fixture
+def suite_conftest(monkeypatch):
+    """Arguments that make a separate pytest run (pytester) load the real tests/conftest.py as a plugin."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return ["-p", "tests.conftest", "-p", "no:cacheprovider"]
+
+
+def test_the_guard_fails_a_test_that_leaks_a_thread(pytester, suite_conftest):
+    """The leak is an error at the leaking test's teardown; the other tests pass."""
     pytester.makepyfile(test_threads="""
         import threading
         import time
@@ -45,8 +54,32 @@ def test_the_guard_fails_a_test_that_leaks_a_thread(pytester, monkeypatch):
         def test_a_library_thread_kept_for_the_process_is_no_leak():
             threading.Thread(target=STOP.wait, name="bluesky-run-engine", daemon=True).start()
     """)
-    result = pytester.runpytest_subprocess("-p", "tests.conftest", "-p", "no:cacheprovider",
-                                           "-o", "thread_leak_timeout=1", "test_threads.py")
+    result = pytester.runpytest_subprocess(*suite_conftest, "-o", "thread_leak_timeout=1", "test_threads.py")
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_a_thread*",
                                  "*1 thread(s) started by the test still running after it: leaky-worker*"])
+
+
+def test_tests_marked_gpu_are_skipped_without_cuda(pytester, suite_conftest):
+    import torch
+
+    pytester.makeini("[pytest]\nmarkers =\n    gpu: needs a CUDA device\n")
+    pytester.makepyfile(test_gpu="""
+        import pytest
+        import torch
+
+
+        @pytest.mark.gpu
+        def test_needs_cuda():
+            assert torch.cuda.is_available()
+
+
+        def test_runs_anywhere():
+            pass
+    """)
+    result = pytester.runpytest_subprocess(*suite_conftest, "-rs", "test_gpu.py")
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=2)
+    else:
+        result.assert_outcomes(passed=1, skipped=1)
+        result.stdout.fnmatch_lines(["*SKIPPED*test_gpu.py*marked gpu: needs a CUDA device*"])

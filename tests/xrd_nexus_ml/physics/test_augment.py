@@ -421,7 +421,7 @@ def test_unknown_names_and_fields_are_refused():
         Compose(()).apply("detector", None, None)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_cpu_generator_drives_a_gpu_batch_reproducibly(impurity, rocksalt):
     sim = PowderSimulator(wavelength=CU_KA1, device="cuda")
     pipeline = default_pipeline("measured", impurity_pool=impurity.pool)

@@ -166,7 +166,6 @@ def test_degenerate_lattice_is_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_matches_cpu():
     structures = [s for _, s in list(aflow_prototypes())[:32]]
     cpu = PowderSimulator(device="cpu").simulate(structures)
