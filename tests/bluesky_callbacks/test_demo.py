@@ -6,6 +6,8 @@ import json
 
 import h5py
 import numpy as np
+import pytest
+import torch
 
 from bluesky_callbacks.bench import bench_callback
 from bluesky_callbacks.demo import run_demo
@@ -62,6 +64,14 @@ def test_bench_callback_reports_the_promised_keys_and_loses_no_frame(tmp_path):
     assert result["runs"]["long"]["frames_without_record"] == 0  # every frame has a prediction or a flag
     assert result["frames_lost"] == 0  # the queue (8192 frames) holds a 600-frame run
     assert result["latency_p99_ms"] >= result["latency_median_ms"] > 0
+    runs = result["runs"]
+    assert result["n_frames"] == runs["long"]["frames"] == 600
+    assert result["overhead"] == pytest.approx(runs["paced_with"]["wall_s"] / runs["paced_without"]["wall_s"] - 1.0)
+    assert result["max_wait_ms"] == max(runs["paced_with"]["max_wait_ms"], runs["long"]["max_wait_ms"]) >= 0
+    assert result["rss_growth_mb"] == pytest.approx(runs["long"]["rss_end_mb"] - runs["long"]["rss_start_mb"])
+    assert runs["long"]["frames_shed"] == 0  # nothing lost, so nothing shed
+    device = torch.device(result["device"])  # a device torch knows; the hardware line names its kind
+    assert device.type in ("cpu", "cuda") and result["hardware"].startswith(f"{device.type}: ")
 
 
 def test_demo_without_a_store_reads_its_results_back_from_the_nexus_file(tmp_path):

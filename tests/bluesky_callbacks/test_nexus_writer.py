@@ -118,7 +118,9 @@ def test_a_derived_run_after_the_file_closed_adds_a_new_process(tmp_path):
     feed(writer, second.all())  # e.g. the run classified again later with another model
     with h5py.File(writer.paths[raw.uid], "r") as f:
         assert {"predictions", "predictions_2"} <= set(f["entry"])
+        assert list(f["entry/predictions/results/sequence_number"][()]) == [1, 2]
         assert list(f["entry/predictions_2/results/sequence_number"][()]) == [1, 2]
+        assert strings(f["entry/predictions_2/parameters/derived_run_uid"]) == [second.uid]
         assert f["entry/predictions_2/sequence_index"][()] == 2
 
 

@@ -128,6 +128,13 @@ def test_evaluate_steering_reports_both_arms_honestly():
     assert result["frame_ratio"] == pytest.approx(result["frames_uniform"] / result["frames_adaptive"])
     assert 0 < result["frames_adaptive"] < result["frames_uniform"] <= result["frames_uniform_full_range"]
     assert result["reached_fraction_adaptive"] == 1.0
+    ramps = result["ramps"]
+    for arm in ("adaptive", "uniform"):  # the summary is the mean of the ramps, in frames, beamtime and reach
+        assert result[f"frames_{arm}"] == pytest.approx(np.mean([r[arm]["frames"] for r in ramps]))
+        assert result[f"beamtime_{arm}_s"] == pytest.approx(np.mean([r[arm]["beamtime_s"] for r in ramps]))
+        assert result[f"beamtime_{arm}_s"] > 0
+        assert result[f"reached_fraction_{arm}"] == pytest.approx(np.mean([r[arm]["reached"] for r in ramps]))
+    assert 0.0 <= result["reached_fraction_uniform"] <= 1.0 and result["seconds"] > 0
     for ramp in result["ramps"]:
         assert 15.0 <= ramp["transition_pressure"] <= 45.0
         assert ramp["adaptive"]["error_over_precision"] <= 1.0

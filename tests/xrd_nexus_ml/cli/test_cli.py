@@ -1,6 +1,7 @@
 """The command line, run in-process as a user would type it."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,8 @@ def test_bench_simulate_prints_the_promised_keys(capsys):
     for key in ("n_structures", "pymatgen_patterns_per_s", "ours_patterns_per_s", "speedup", "device"):
         assert key in result
     assert result["n_structures"] == 12
+    assert result["pymatgen_patterns_per_s"] > 0 and result["ours_patterns_per_s"] > 0
+    assert re.fullmatch(r"cpu: .+, \d+ threads|cuda: .+", result["device"]), result["device"]
     assert result["speedup"] == pytest.approx(result["ours_patterns_per_s"] / result["pymatgen_patterns_per_s"])
     assert result["pattern_cosine_min"] > 0.98  # the same physics, not just the same speed
 

@@ -158,6 +158,8 @@ def test_classify_names_a_two_theta_file_without_wavelength(tmp_path, capsys):
     assert main(["classify", str(good), str(bare), "--json"]) == 2
     first, second = json.loads(capsys.readouterr().out)
     assert first["source"] == str(good) and "flag" in first
+    assert first["flag"] is None  # usable: a q-axis pattern with signal, classified without any wavelength
+    assert first["wavelength_angstrom"] is None and first["wavelength_origin"] == "none"
     assert second["file"] == str(bare) and "--wavelength" in second["error"]
 
 

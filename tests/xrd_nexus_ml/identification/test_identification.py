@@ -7,6 +7,8 @@ the tests on the committed small real-data model below."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -88,6 +90,9 @@ def test_bundle_round_trip_and_errors(tiny_model, tmp_path, examples_dir):
     card = json.loads((tiny_model / "card.json").read_text())
     assert card["kind"] == "identification-moe" and len(card["phases"]) == len(FEW)
     assert {"unseen_polymorph_top1", "calibration_top1", "expected_calibration_error"} <= set(card["metrics"])
+    for key in ("unseen_polymorph_top1", "calibration_top1", "expected_calibration_error"):
+        assert 0.0 <= card["metrics"][key] <= 1.0, (key, card["metrics"][key])
+    assert card["metrics"]["n_calibration_patterns"] > 0
     assert card["training"]["library"]["held_out_phases"], "a polymorph must be held out by structure"
     assert not (tiny_model / "checkpoint.pt").exists()
     x = torch.rand(4, 2, model.grid.n_points)
@@ -168,8 +173,14 @@ def test_classify_cli_json_and_plot(tiny_model, tmp_path, capsys, examples_dir):
                  "--plot", str(tmp_path)]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [Path(r["source"]).name for r in records] == ["MnO.xy", "TiO2.xy"]
+    references = {Path(name).stem for name in FEW}
     for r in records:
         assert {"phases", "out_of_library", "candidates", "seconds"} <= set(r)
+        assert isinstance(r["out_of_library"], bool) and r["seconds"] > 0
+        assert r["candidates"] and all(0.0 <= c["probability"] <= 1.0 for c in r["candidates"])
+        for p in r["phases"]:  # phases of the model's own references, with a calibrated probability
+            assert p["reference"] in references and p["formula"] == p["reference"].split("_")[0]
+            assert 0.0 <= p["probability"] <= 1.0 and 1 <= p["space_group_number"] <= 230
         assert Path(r["png"]).is_file() and Path(r["png"]).stat().st_size > 10_000
     assert main(["classify", files[0], "--model", str(tmp_path / "missing")]) == 2
     assert "neither a model bundle" in capsys.readouterr().err
@@ -191,6 +202,14 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     assert {"n_patterns", "recall", "precision", "exact_match", "seconds_per_pattern", "build_seconds",
             "device"} <= set(first)
     assert first["n_patterns"] == 2 and not first["model_reused"]
+    assert 0 <= first["recall"] <= 1 and 0 <= first["exact_match"] <= 1
+    if any(p["predicted"] for p in first["patterns"]):
+        assert 0 <= first["precision"] <= 1
+    else:  # a model of 10 steps may name nothing: precision is then undefined, not 0 or 1
+        assert math.isnan(first["precision"])
+    assert first["seconds_per_pattern"] > 0 and first["build_seconds"] > 0  # built here, not reused
+    assert re.fullmatch(r"cpu \(\d+ threads\)", first["device"]), first["device"]
+    assert first["n_references"] == len(FEW) and len(first["patterns"]) == first["n_patterns"]
     assert first["open_set"] is None
     mixtures = first["simulated_mixtures"]
     assert mixtures["n_patterns"] == 200
@@ -218,6 +237,9 @@ def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
     assert {"throughput_patterns_per_s", "latency_median_ms", "latency_p99_ms", "peak_rss_mb", "model_mb",
             "device"} <= set(result)
     assert result["throughput_patterns_per_s"] > 0 and result["latency_p99_ms"] >= result["latency_median_ms"] > 0
+    assert result["n_patterns"] == 16 and result["batch_size"] == 8  # as asked
+    assert result["device"] == result["end_to_end"]["device"] and result["device"].endswith(" threads)")  # --device cpu
+    assert result["peak_rss_mb"] > result["model_mb"]  # the process holds the model
     assert 0 < result["model_mb"] < 20 and result["end_to_end"]["latency_median_ms"] > 0
 
 

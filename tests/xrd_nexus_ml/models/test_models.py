@@ -183,7 +183,7 @@ def test_adacos_scale_follows_the_adacos_update_and_is_saved():
     s2 = float(head.scale)
     assert s2 != pytest.approx(expected)
     state = head.state_dict()
-    assert "scale" in state
+    assert "scale" in state and float(state["scale"]) == s2  # the adapted scale, not the initial one
     other = AdaCosHead(8, 5)
     other.load_state_dict(state)
     assert float(other.scale) == s2

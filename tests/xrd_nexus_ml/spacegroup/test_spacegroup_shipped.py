@@ -8,6 +8,7 @@ independently of the generator the model was trained with.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -39,6 +40,8 @@ def test_shipped_bundle_is_small_and_documents_itself(model):
     assert size < 5_000_000
     card = json.loads((shipped_model_dir() / "card.json").read_text())
     assert card["training"]["recipe"]["steps"] >= 1000 and "device" in card["training"]
+    assert re.match(r"(cpu|cuda)\b", card["training"]["device"]), card["training"]["device"]
+    assert card["training"]["world_size"] >= 1 and card["training"]["fresh_crystals_seen"] > 0
     real = card["metrics"]["real_structures"]
     assert real["n_aflow"] == 288 and real["imperfect"]["n_patterns"] == 288 + real["n_pyxtal"]
 
@@ -110,6 +113,9 @@ def test_evaluate_spacegroup_scores_a_folder_of_measured_files(tmp_path, capsys)
                 "device"):
         assert key in result
     assert result["n_patterns"] == 9 and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert len(result["patterns"]) == result["n_patterns"]
+    assert 0.0 <= result["extinction_top1"] <= 1.0 and 0.0 <= result["crystal_system_top1"] <= 1.0
+    assert result["seconds_per_pattern"] > 0 and re.match(r"(cpu|cuda)\b", result["device"]), result["device"]
     assert [p["space_group"] for p in result["patterns"]][-3:] == [225, 141, 206]
     (tmp_path / "labels.csv").write_text("file,space_group\nmissing.xy,225\n")
     assert main(["evaluate", "spacegroup", "--patterns", str(tmp_path), "--labels", "labels.csv",

@@ -358,6 +358,13 @@ def test_evaluate_transition_json_keys(capsys):
     for name in ("binned_vote", "end_to_end", "cosine_baseline"):
         for key in ("frame_accuracy", "transition_error_steps", "frames_to_settle"):
             assert key in result["models"][name]
+        scores = result["models"][name]
+        assert 0.0 <= scores["frame_accuracy"] <= 1.0, (name, scores["frame_accuracy"])
+        assert 0.0 <= scores["transition_error_steps"] <= scores["transition_error_steps_max"], name  # mean <= max
+        assert 0 <= scores["settled_ramps"] <= result["n_ramps"], name
+        assert (scores["frames_to_settle"] is None) == (scores["settled_ramps"] == 0), name
+        # a mean over the settled ramps (negative when the estimate settled before the transition)
+        assert scores["frames_to_settle"] is None or scores["frames_to_settle"] <= scores["frames_to_settle_max"], name
     assert result["models"]["end_to_end"]["bad_frames_flagged"]
 
 
