@@ -1,16 +1,38 @@
-"""The suite's own machinery (tests/conftest.py): the thread-leak guard fails a test that leaves a
-thread running, and tolerates the threads libraries keep for the whole process; tests marked
-`gpu` are skipped without CUDA."""
+"""The suite's own machinery: the tree that mirrors the packages never shadows them; the
+thread-leak guard (tests/conftest.py) fails a test that leaves a thread running and tolerates the
+threads libraries keep for the whole process; tests marked `gpu` are skipped without CUDA."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+@pytest.mark.parametrize("package", ["xrd_nexus_ml", "bluesky_callbacks", "nexus_definitions", "training"])
+def test_the_mirrored_tree_never_shadows_a_package(package):
+    """tests/<package> holds that package's tests; importing the package still gives the package, and
+    no test module is registered inside it (importlib mode names them tests.<package>...)."""
+    module = importlib.import_module(package)
+    path = Path(module.__file__).resolve()
+    assert path.name == "__init__.py" and TESTS not in path.parents, path
+    assert (TESTS / package).is_dir() and not (TESTS / package / "__init__.py").exists()
+    inside = [name for name, m in list(sys.modules.items()) if name.split(".")[0] == package
+              and TESTS in Path(getattr(m, "__file__", None) or "/").resolve().parents]
+    assert inside == []
+    assert __name__ == "tests.test_suite"
+
+
+def test_no_test_folder_is_on_sys_path_but_the_nexus_helpers():
+    on_path = {Path(p).resolve() for p in sys.path if p}
+    assert {p for p in on_path if p == TESTS or TESTS in p.parents} == {TESTS / "data" / "nexus"}
 
 
 def test_the_check_reports_a_thread_still_running_and_not_one_that_ended(thread_leak_check):
