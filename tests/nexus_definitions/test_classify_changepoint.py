@@ -5,41 +5,15 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 
 from nexus_definitions.classify import changepoint_options_for, recorded_steering_policy
 from xrd_nexus_ml.cli import main
 from xrd_nexus_ml.steering import SteeringPolicy
-from xrd_nexus_ml.transitions import simulate_ramp
 
 TRANSITION = 31.0
 STEERED = [5.0, 11.0, 17.0, 23.0, 29.0, 35.0, 32.0, 30.5, 31.25, 30.75, 31.5]  # the demo's kind of path
-
-
-def steered_file(path, policy: SteeringPolicy | None = None):
-    ramp = simulate_ramp(np.asarray(STEERED), transition_pressure=TRANSITION, noise=0.01, seed=5)
-    with h5py.File(path, "w") as f:
-        entry = f.create_group("entry")
-        entry.attrs.update(NX_class="NXentry", default="data")
-        mono = entry.create_group("instrument/monochromator")
-        entry["instrument"].attrs["NX_class"] = "NXinstrument"
-        mono.attrs["NX_class"] = "NXmonochromator"
-        mono.create_dataset("energy", data=ramp.energy_kev).attrs["units"] = "keV"
-        sample = entry.create_group("sample")
-        sample.attrs["NX_class"] = "NXsample"
-        sample.create_dataset("pressure", data=ramp.pressures).attrs["units"] = "GPa"
-        data = entry.create_group("data")
-        data.attrs.update(NX_class="NXdata", signal="counts", axes=[".", "two_theta"])
-        data.create_dataset("counts", data=ramp.intensity * 1e4)
-        data.create_dataset("two_theta", data=ramp.two_theta).attrs["units"] = "degrees"
-        if policy is not None:
-            bluesky = entry.create_group("bluesky")
-            bluesky.attrs["NX_class"] = "NXcollection"
-            bluesky.create_dataset("start", data=json.dumps({"uid": "x", "steering_policy": policy.to_dict()}),
-                                   dtype=h5py.string_dtype("utf-8"))
-    return path
 
 
 def test_settings_follow_the_frame_order():
@@ -52,9 +26,10 @@ def test_settings_follow_the_frame_order():
 
 
 @pytest.mark.parametrize("with_policy", [True, False])
-def test_a_steered_file_gets_the_estimate_the_live_run_had(tmp_path, capsys, with_policy):
-    policy = SteeringPolicy(start=5.0, stop=55.0) if with_policy else None
-    path = steered_file(tmp_path / "steered.nxs", policy)
+def test_a_steered_file_gets_the_estimate_the_live_run_had(tmp_path, capsys, beamline_file, with_policy):
+    start = {"uid": "x", "steering_policy": SteeringPolicy(start=5.0, stop=55.0).to_dict()} if with_policy else None
+    path = beamline_file(tmp_path / "steered.nxs", TRANSITION, pressures=STEERED, start_document=start, noise=0.01,
+                         seed=5).path
     assert (recorded_steering_policy(path) is not None) == with_policy
     assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f"]) == 0
     summary = json.loads(capsys.readouterr().out)

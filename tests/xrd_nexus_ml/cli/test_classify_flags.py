@@ -11,7 +11,6 @@ import json
 
 import h5py
 
-from tests.test_classify import beamline_file
 from xrd_nexus_ml.cli import main
 from xrd_nexus_ml.patterns_demo import example_dir
 
@@ -28,8 +27,8 @@ def _json_lines(text: str) -> list:
     return out
 
 
-def test_nexus_classification_runs_the_models_and_elements_the_flags_name(tmp_path, capsys):
-    path, pressures = beamline_file(tmp_path / "p02.nxs")
+def test_nexus_classification_runs_the_models_and_elements_the_flags_name(tmp_path, capsys, beamline_file):
+    path, pressures, _ = beamline_file(tmp_path / "p02.nxs")
     assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f",
                  "--elements", "Mg,Fe,O"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -49,8 +48,8 @@ def test_nexus_classification_runs_the_models_and_elements_the_flags_name(tmp_pa
     assert defaults["models"] != summary["models"]
 
 
-def test_a_mixed_call_classifies_the_nexus_file_and_the_pattern_files(tmp_path, capsys):
-    path, pressures = beamline_file(tmp_path / "p02.nxs")
+def test_a_mixed_call_classifies_the_nexus_file_and_the_pattern_files(tmp_path, capsys, beamline_file):
+    path, pressures, _ = beamline_file(tmp_path / "p02.nxs")
     pattern = example_dir() / "Mn2O3.xy"
     assert main(["classify", str(path), str(pattern), "--wavelength", "CuKa1", "--model", "li-mn-ti-o-f",
                  "--spacegroup-model", "none", "--json"]) == 0

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrd_nexus_ml.evaluation.spacegroup import (NEVER, accuracy_at_coverage, answer_threshold, answered_accuracy,
-                                                head_truth)
+from xrd_nexus_ml.evaluation.spacegroup import (
+    NEVER,
+    accuracy_at_coverage,
+    answer_threshold,
+    answered_accuracy,
+    head_truth,
+)
 from xrd_nexus_ml.spacegroup.model import UNDETERMINED, SpaceGroupPrediction
 
 # six patterns, two classes; the four most confident are right, the two least confident wrong
