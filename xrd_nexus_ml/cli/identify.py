@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, print_json, strain_fraction
+from xrd_nexus_ml.errors import XrdNexusMlError
 
 
 def describe_symmetry(symmetry: dict) -> str:
@@ -151,7 +152,11 @@ def cmd_train_identify(args) -> int:
 def cmd_evaluate_identify(args) -> int:
     from xrd_nexus_ml.evaluation.identify import evaluate_identify  # local: start-up time
 
-    result = evaluate_identify(args.references, args.patterns, labels=args.labels, wavelength=args.wavelength,
+    if (args.references is None) == (args.model is None):
+        raise XrdNexusMlError("evaluate identify: give --references CIF_DIR (build a model for them) or --model "
+                              "NAME|DIR (score that model), not both")
+    result = evaluate_identify(args.references, args.patterns, model=args.model, labels=args.labels,
+                               wavelength=args.wavelength,
                                steps=args.steps, seed=args.seed, cache_dir=args.cache_dir,
                                elements=element_list(args.elements), max_phases=args.max_phases,
                                progress=not args.json, unknown=args.unknown, max_strain=args.max_strain)
@@ -164,7 +169,7 @@ def cmd_evaluate_identify(args) -> int:
     print(f"recall {result['recall']:.3f}, precision {result['precision']:.3f}, exact {result['exact_match']:.3f}; "
           f"{1000 * result['seconds_per_pattern']:.1f} ms/pattern; build {result['build_seconds']} s "
           f"({'reused' if result['model_reused'] else 'trained'}) on {result['device']}")
-    for name, m in result["simulated_mixtures"].items():
+    for name, m in (result["simulated_mixtures"] or {}).items():
         if isinstance(m, dict):
             print(f"simulated mixtures ({name.replace('_', ' ')}): recall {m['recall']:.3f}, precision "
                   f"{m['precision']:.3f}, exact {m['exact_match']:.3f}")
@@ -243,11 +248,15 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_identify)
 
-    e = evaluate.add_parser("identify", help="build/reuse a model for reference CIFs and score measured patterns")
-    e.add_argument("--references", required=True, help="folder of reference CIFs")
+    e = evaluate.add_parser("identify", help="score measured patterns: a model built (or reused) for reference "
+                                             "CIFs, or an existing model")
+    e.add_argument("--references", default=None, help="folder of reference CIFs: build or reuse a model for them")
+    e.add_argument("--model", default=None, metavar="NAME|DIR",
+                   help="instead of --references: score this model (a shipped name such as 'default', or a bundle)")
     e.add_argument("--patterns", required=True, help="folder of measured patterns")
     e.add_argument("--labels", default=None, help="CSV file,phases (phases joined by '+'); default: file names")
-    e.add_argument("--wavelength", default="CuKa", help="Å or anode name for two-column 2θ files (default CuKa)")
+    e.add_argument("--wavelength", default=None,
+                   help="Å or anode name for every file (default: each file's own; Cu Kα for files that record none)")
     e.add_argument("--elements", default=None, help="comma-separated elements that may be present")
     e.add_argument("--max-phases", type=int, default=3)
     e.add_argument("--max-strain", type=strain_fraction, default=None, metavar="FRACTION", help=STRAIN_HELP)

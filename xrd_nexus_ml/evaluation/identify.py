@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from training.identify import BuildConfig, build_model
+from xrd_nexus_ml.bundle import resolve_bundle
+from xrd_nexus_ml.classify import read_pattern_file_first
 from xrd_nexus_ml.identification.identifier import Identifier
 from xrd_nexus_ml.identification.library import default_library, load_cif_library
 from xrd_nexus_ml.identification.model import IdentificationModel
@@ -28,6 +30,9 @@ from xrd_nexus_ml.physics.augment import (
     PoissonNoise,
     RandomDebyeWaller,
 )
+
+#: The wavelength of two-column files that record none (the laboratory's usual anode).
+FALLBACK_WAVELENGTH = "CuKa"
 
 
 def _recipe_key(steps: int, seed: int) -> str:
@@ -128,35 +133,64 @@ def mixture_check(model, library, n: int = 200, seed: int = 0, max_phases: int =
     return out
 
 
-def evaluate_identify(references, patterns, labels=None, wavelength=None, steps: int = 1500, seed: int = 0,
+def read_for_evaluation(path, wavelength=None):
+    """A measured pattern as `evaluate identify` reads it: `wavelength` (Å or an anode name), when
+    given, applies to every file; without it each file's own recorded wavelength is used, and Cu Kα
+    (`FALLBACK_WAVELENGTH`) serves two-column files that record none."""
+    if wavelength is not None:
+        return read_pattern(path, wavelength=wavelength)
+    return read_pattern_file_first(path, FALLBACK_WAVELENGTH)
+
+
+def evaluate_identify(references=None, patterns=None, labels=None, wavelength=None, steps: int = 1500, seed: int = 0,
                       cache_dir=None, elements=None, max_phases: int = 3, progress: bool = False,
-                      unknown=None, max_strain: float | None = None) -> dict:
-    """Build (or reuse) a model for the reference CIFs, identify every pattern, score it (formula level);
-    with `unknown` (CIF folders or "aflow"), also the open-set check (`open_set_check`).
-    max_strain: see `Identifier` (None: its default)."""
-    library = load_cif_library(references)
-    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "xrd-nexus-ml"
-    folder = cached_model_dir(library, cache_dir, steps, seed)
-    started = time.perf_counter()
-    reused = (folder / "card.json").is_file()
-    if reused:
-        model = IdentificationModel.load(folder)
+                      unknown=None, max_strain: float | None = None, model=None) -> dict:
+    """Identify every measured pattern and score it (formula level): with `references` (a folder of
+    CIFs) a model is built for them or reused from the cache; with `model` (a bundle folder or a
+    shipped name such as "default") that model is scored as it is. The truth (file names or
+    `labels`) and the patterns are read first, so a bad name fails in seconds, before any build.
+    With `unknown` (CIF folders or "aflow"; `references` only), also the open-set check
+    (`open_set_check`); with `references`, simulated mixtures of the library (`mixture_check`).
+    wavelength: see `read_for_evaluation`. max_strain: see `Identifier` (None: its default)."""
+    if (references is None) == (model is None):
+        raise ValueError("give references (a folder of CIFs) or model (a bundle folder or shipped name), not both")
+    if patterns is None:
+        raise ValueError("patterns: the folder of measured patterns is needed")
+    if references is not None:
+        library = load_cif_library(references)
+        known = library.classes
     else:
-        model = build_model(library, folder, BuildConfig(steps=steps, seed=seed), progress=progress)
-    build_seconds = time.perf_counter() - started
-    truth = read_truth(patterns, labels, known=library.classes)
+        library, folder = None, resolve_bundle(model, task="identification")
+        shipped = IdentificationModel.load(folder)
+        known = shipped.classes
+    truth = read_truth(patterns, labels, known=known)
     files = [f for f in pattern_files(patterns, exclude=[labels] if labels else []) if f.name in truth]
-    loaded = [read_pattern(f, wavelength=wavelength) for f in files]
+    loaded = [read_for_evaluation(f, wavelength) for f in files]
+    started = time.perf_counter()
+    if library is not None:
+        cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "xrd-nexus-ml"
+        folder = cached_model_dir(library, cache_dir, steps, seed)
+        reused = (folder / "card.json").is_file()
+        if reused:
+            model = IdentificationModel.load(folder)
+        else:
+            model = build_model(library, folder, BuildConfig(steps=steps, seed=seed), progress=progress)
+    else:
+        model, reused = shipped, True
+    build_seconds = time.perf_counter() - started
     strain = {} if max_strain is None else {"max_strain": max_strain}
     identifier = Identifier(model, max_phases=max_phases, **strain)
     identifier.identify(loaded[:1], elements=elements)  # warm-up: first call pays for lazy imports
     t0 = time.perf_counter()
     results = identifier.identify(loaded, elements=elements, sources=[f.name for f in files])
+    wavelengths = {f.name: (p.wavelength, p.metadata.get("wavelength_origin")) for f, p in zip(files, loaded)}
     seconds = time.perf_counter() - t0
     scores = score({r.source: r.formulas for r in results}, truth)
     per_pattern = []
     for r in results:
         per_pattern.append({"file": r.source, "truth": sorted(truth[r.source]), "predicted": list(r.formulas),
+                            "wavelength_angstrom": wavelengths[r.source][0],
+                            "wavelength_origin": wavelengths[r.source][1],
                             "out_of_library": r.out_of_library,
                             "phases": [{"formula": p.formula, "reference": p.reference,
                                         "probability": p.probability, "explained": p.explained,
@@ -166,11 +200,12 @@ def evaluate_identify(references, patterns, labels=None, wavelength=None, steps:
     for entry in per_pattern:
         s = by_file[entry["file"]]
         entry.update({"recall": s.recall, "precision": s.precision, "exact": s.exact})
-    open_set = open_set_check(identifier, library, unknown, seed) if unknown else None
-    mixtures = mixture_check(model, library, seed=seed, max_phases=max_phases, **strain)
+    open_set = open_set_check(identifier, library, unknown, seed) if unknown and library is not None else None
+    mixtures = mixture_check(model, library, seed=seed, max_phases=max_phases, **strain) if library else None
     return {"n_patterns": len(results), "recall": scores["recall"], "precision": scores["precision"],
             "exact_match": scores["exact_match"], "seconds_per_pattern": seconds / max(len(results), 1),
             "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
-            "device": f"cpu ({torch.get_num_threads()} threads)", "n_references": len(library),
-            "n_classes": len(library.classes), "max_strain": identifier.max_strain, "patterns": per_pattern,
+            "device": f"cpu ({torch.get_num_threads()} threads)",
+            "n_references": len(library) if library is not None else len(model.sticks),
+            "n_classes": len(model.classes), "max_strain": identifier.max_strain, "patterns": per_pattern,
             "open_set": open_set, "simulated_mixtures": mixtures}
