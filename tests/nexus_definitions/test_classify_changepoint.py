@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -37,3 +38,20 @@ def test_a_steered_file_gets_the_estimate_the_live_run_had(tmp_path, capsys, bea
     assert abs(summary["transition_pressure_gpa"] - TRANSITION) < 1.0
     assert summary["transition_uncertainty_gpa"] < 1.0
     assert summary["changepoint_options"] != "defaults (frames in pressure order)"
+
+
+def test_a_second_classification_keeps_the_file_valid(tmp_path, capsys, write_nexus_run):
+    """Classifying a file written live adds predictions_2; the file still validates (pynxtools
+    once read predictions_2 as a generic NXdata whose fields must be numbers)."""
+    from nexus_definitions.validate import validate_file
+
+    path = write_nexus_run(tmp_path, 8)
+    assert validate_file(path).ok
+    assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f"]) == 0
+    assert json.loads(capsys.readouterr().out)["group"] == "/entry/predictions_2"
+    report = validate_file(path)
+    assert report.ok, report.format()
+    with h5py.File(path, "r+") as f:  # and the structure check still reads the second group
+        del f["entry/predictions_2/results/phase"]
+    report = validate_file(path, pynxtools=False)
+    assert any("predictions_2/results/phase" in e for e in report.errors), report.format()

@@ -76,7 +76,7 @@ def test_the_definition_extends_the_powder_definitions():
     assert sample.children[("field", "pressure")].units == "NX_PRESSURE"
     assert sample.children[("field", "pressure")].need == "required"
     assert sample.children[("field", "temperature")].need == "optional"
-    results = entry.children[("group", "predictions")].children[("group", "results")]
+    results = entry.children[("group", "NXprocess")].children[("group", "results")]
     assert {("field", s.name) for s in L.PREDICTION_FIELDS} <= set(results.children)
 
 
@@ -97,7 +97,7 @@ def test_the_layout_and_the_definition_agree(written):
     for path, unit in L.FIELD_UNITS.items():
         category = node(path).units
         assert category and units_match(category, unit), (path, unit, category)
-    results = entry.children[("group", "predictions")].children[("group", "results")]
+    results = entry.children[("group", "NXprocess")].children[("group", "results")]
     for spec in L.PREDICTION_FIELDS:
         category = results.children[("field", spec.name)].units
         if spec.units is not None:
