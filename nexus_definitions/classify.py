@@ -3,7 +3,8 @@
 The patterns (and pressure and energy, where the file records them) are read with
 `reader.read_patterns`, classified by the same `InferenceEngine` the live callback runs, in
 the file's frame order, and appended as a new NXprocess group (`predictions`, or
-`predictions_2`, ... when one exists). Nothing that was in the file is modified.
+`predictions_2`, ... when one exists), in a copy of the file or, when asked, in the file itself.
+Nothing that was in the file is modified.
 
 The transition estimate uses the change-point settings the scan used live: a steered run's
 start document (kept in the file) names its `SteeringPolicy`, whose settings suit frames taken
@@ -16,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from nexus_definitions import layout as L
 from nexus_definitions.reader import open_for_reading, read_patterns
-from nexus_definitions.writer import append_predictions
+from nexus_definitions.writer import NexusFileExistsError, append_predictions
 from xrd_nexus_ml.inference import Frame, InferenceEngine
 from xrd_nexus_ml.steering import SteeringPolicy
 
@@ -68,10 +70,29 @@ def changepoint_options_for(pressures, policy: SteeringPolicy | None = None) -> 
             "widths": list(SteeringPolicy().transition_widths), "margin": 2.0 * float(levels.max())}
 
 
-def classify_file(path, engine=None, entry: str | None = None, wavelength=None, elements=None) -> dict:
+def classified_copy_path(path, folder=None) -> Path:
+    """Where `classify` writes a file's classified copy: `<stem>.classified<suffix>` beside it or in `folder`."""
+    path = Path(path)
+    return (Path(folder) if folder is not None else path.parent) / f"{path.stem}.classified{path.suffix}"
+
+
+def classify_file(path, engine=None, entry: str | None = None, wavelength=None, elements=None,
+                  out=None) -> dict:
     """Classify every frame of `path` and append the predictions; returns a short summary.
-    elements: those that may be present (restrict material identification), as in a live run."""
+    elements: those that may be present (restrict material identification), as in a live run.
+    out: a new file to write (a copy of `path` with the predictions appended; an existing one is
+    refused); None appends to `path` itself."""
     engine = engine or InferenceEngine.from_bundles()
+    target = Path(path)
+    if out is not None and Path(out).resolve() != Path(path).resolve():
+        target = Path(out)
+        if target.exists():
+            raise NexusFileExistsError(f"{target}: exists; remove it, choose another --out, or classify it with "
+                                       "--in-place")
+        with open_for_reading(path):  # a file that is no HDF5 file is refused before any copy
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
     # the file's own wavelength (or energy) wins; `wavelength` serves the frames that record none
     patterns, pressures, energies = read_patterns(path, entry=entry)
     if wavelength is not None and any(p.axis != "q" and not p.wavelength for p in patterns):
@@ -83,13 +104,14 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None, 
               for i, p in enumerate(patterns)]
     options = changepoint_options_for(pressures, recorded_steering_policy(path, entry))
     predictions = engine.new_run(changepoint_options=options, elements=elements).classify(frames)
-    group = append_predictions(path, predictions, engine.phase_names, engine.top_k, list(engine.provenance),
+    group = append_predictions(target, predictions, engine.phase_names, engine.top_k, list(engine.provenance),
                                entry=entry)
     phases: dict[str, int] = {}
     for p in predictions:
         phases[p.phase or f"({p.flag})"] = phases.get(p.phase or f"({p.flag})", 0) + 1
     last = predictions[-1] if predictions else None
-    return {"file": str(Path(path)), "group": group, "frames": len(predictions), "phases": phases,
+    return {"file": str(Path(path)), "written_to": str(target), "group": group, "frames": len(predictions),
+            "phases": phases,
             "out_of_library": sum(p.out_of_library for p in predictions),
             "transition_pressure_gpa": last.transition_pressure if last else math.nan,
             "transition_uncertainty_gpa": last.transition_pressure_uncertainty if last else math.nan,

@@ -32,7 +32,8 @@ def test_a_steered_file_gets_the_estimate_the_live_run_had(tmp_path, capsys, bea
     path = beamline_file(tmp_path / "steered.nxs", TRANSITION, pressures=STEERED, start_document=start, noise=0.01,
                          seed=5).path
     assert (recorded_steering_policy(path) is not None) == with_policy
-    assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f"]) == 0
+    assert main(["classify", str(path), "--in-place", "--json", "--spacegroup-model", "none", "--model",
+                 "li-mn-ti-o-f"]) == 0
     summary = json.loads(capsys.readouterr().out)
     # the defaults (widths from the median |ΔP| in acquisition order) gave 51.7 ± 21.9 GPa for such a file
     assert abs(summary["transition_pressure_gpa"] - TRANSITION) < 1.0
@@ -47,7 +48,8 @@ def test_a_second_classification_keeps_the_file_valid(tmp_path, capsys, write_ne
 
     path = write_nexus_run(tmp_path, 8)
     assert validate_file(path).ok
-    assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f"]) == 0
+    assert main(["classify", str(path), "--in-place", "--json", "--spacegroup-model", "none", "--model",
+                 "li-mn-ti-o-f"]) == 0
     assert json.loads(capsys.readouterr().out)["group"] == "/entry/predictions_2"
     report = validate_file(path)
     assert report.ok, report.format()

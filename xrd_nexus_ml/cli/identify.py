@@ -37,7 +37,7 @@ def classify_nexus_files(files, args) -> int:
     read or written gets an error line in its place; the others are still classified (status 2)."""
     import json
 
-    from nexus_definitions.classify import classify_file  # local: start-up time
+    from nexus_definitions.classify import classified_copy_path, classify_file  # local: start-up time
     from xrd_nexus_ml.errors import XrdNexusMlError
     from xrd_nexus_ml.inference import InferenceEngine
 
@@ -53,7 +53,8 @@ def classify_nexus_files(files, args) -> int:
     for path in files:
         try:
             summary = classify_file(path, engine, entry=args.entry, wavelength=args.wavelength,
-                                    elements=element_list(args.elements))
+                                    elements=element_list(args.elements),
+                                    out=None if args.in_place else classified_copy_path(path, args.out))
         except (XrdNexusMlError, OSError) as err:
             failed.append(str(path))
             problem = getattr(err, "problem", None) or str(err)
@@ -62,7 +63,8 @@ def classify_nexus_files(files, args) -> int:
         if args.json:
             print(json.dumps(summary, default=float))
         else:
-            print(f"{summary['file']}: {summary['frames']} frames -> {summary['group']}; phases {summary['phases']}; "
+            print(f"{summary['file']}: {summary['frames']} frames -> {summary['written_to']}:{summary['group']}; "
+                  f"phases {summary['phases']}; "
                   f"transition {summary['transition_pressure_gpa']:.2f} "
                   f"± {summary['transition_uncertainty_gpa']:.2f} GPa")
     if failed:
@@ -224,6 +226,10 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     p.add_argument("--plot", nargs="?", const=".", default=None, metavar="DIR",
                    help="write <name>.phases.png (pattern + identified sticks) into DIR (default: .)")
     p.add_argument("--entry", default=None, help="NeXus: the NXentry (default: the first)")
+    p.add_argument("--in-place", action="store_true",
+                   help="NeXus: append the predictions to the file itself (default: to a copy, <name>.classified.nxs)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="NeXus: the folder for the classified copies (default: beside each file)")
     p.add_argument("--wavelength", default=None, help="Å or anode name when the file records none")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

@@ -29,7 +29,7 @@ def _json_lines(text: str) -> list:
 
 def test_nexus_classification_runs_the_models_and_elements_the_flags_name(tmp_path, capsys, beamline_file):
     path, pressures, _ = beamline_file(tmp_path / "p02.nxs")
-    assert main(["classify", str(path), "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f",
+    assert main(["classify", str(path), "--in-place", "--json", "--spacegroup-model", "none", "--model", "li-mn-ti-o-f",
                  "--elements", "Mg,Fe,O"]) == 0
     summary = json.loads(capsys.readouterr().out)
     tasks = [m.split("/")[0] for m in summary["models"]]
@@ -41,7 +41,7 @@ def test_nexus_classification_runs_the_models_and_elements_the_flags_name(tmp_pa
         assert results["material_out_of_library"][()].all()
         assert len(results["material_out_of_library"][()]) == len(pressures)
 
-    assert main(["classify", str(path), "--json"]) == 0  # the defaults: all three models
+    assert main(["classify", str(path), "--in-place", "--json"]) == 0  # the defaults: all three models
     defaults = json.loads(capsys.readouterr().out)
     assert {m.split("/")[0] for m in defaults["models"]} >= {"phase_classification", "space_group",
                                                              "material_identification"}
