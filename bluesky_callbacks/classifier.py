@@ -94,16 +94,20 @@ class ClassifierCallback(event_model.DocumentRouter):
     """Live classification of the frames of every run it is subscribed to.
 
     engine: models loaded once (`InferenceEngine.from_bundles()`). batch_size: most frames per
-    model call. max_queue: frames waiting for the worker before new ones are shed.
+    model call. max_queue: frames waiting for the worker before new ones are shed. max_open_runs: runs
+    kept open at once; a start beyond it closes the oldest run (a source that never sent its stop).
     handler_registry: extra handlers for legacy external data (AD_HDF5 is built in).
     """
 
     def __init__(self, engine: InferenceEngine, keys: FrameKeys = FrameKeys(), batch_size: int = 64,
                  max_queue: int = 4096, handler_registry: dict | None = None, two_theta=None,
-                 wavelength: float | None = None, changepoint_options: dict | None = None):
+                 wavelength: float | None = None, changepoint_options: dict | None = None,
+                 max_open_runs: int = 16):
         super().__init__()
-        if batch_size < 1 or max_queue < 1:
-            raise ValueError(f"batch_size and max_queue must be >= 1, got {batch_size}, {max_queue}")
+        if batch_size < 1 or max_queue < 1 or max_open_runs < 1:
+            raise ValueError(f"batch_size, max_queue and max_open_runs must be >= 1, got {batch_size}, {max_queue}, "
+                             f"{max_open_runs}")
+        self.max_open_runs = int(max_open_runs)
         self.engine = engine
         self.keys = keys
         self.batch_size = int(batch_size)
@@ -145,6 +149,11 @@ class ClassifierCallback(event_model.DocumentRouter):
         self._runs[doc["uid"]] = run
         self._latest = run
         self._queue.put(("start", run, bundle.start_doc))
+        while len(self._runs) > self.max_open_runs:  # runs whose stop never came (a crashed source)
+            oldest = next(iter(self._runs))
+            log.warning("run %s has no stop document after %d newer runs started: its derived run is closed",
+                        oldest, self.max_open_runs)
+            self._queue.put(("stop", self._runs.pop(oldest), {"exit_status": "abandoned (no stop document)"}))
 
     def descriptor(self, doc):
         self.external("descriptor", doc)

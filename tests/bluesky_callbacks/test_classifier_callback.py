@@ -237,3 +237,27 @@ def test_a_missing_external_file_becomes_error_records(engine, ramp, tmp_path, d
     classifier.close()
     p = derived.page_data()
     assert p["flag"] == ["error", "error"] and all("gone.h5" in e for e in p["error"])
+
+
+def test_runs_that_never_stop_are_closed_not_kept(engine, ramp, documents):
+    """A source that dies between start and stop: the callback keeps at most `max_open_runs` runs
+    open; the oldest is closed with a stop that says why, so memory does not grow run after run."""
+    classifier = ClassifierCallback(engine, max_open_runs=2)
+    derived = documents()
+    classifier.subscribe(derived)
+    starts = []
+    for _ in range(5):
+        bundle, desc = compose_raw_run(ramp, 2)
+        classifier("start", bundle.start_doc)
+        classifier("descriptor", desc.descriptor_doc)
+        starts.append(bundle.start_doc["uid"])
+    assert classifier.flush(60)
+    assert list(classifier._runs) == starts[-2:]  # only the two newest are open
+    stops = derived.named("stop")
+    assert len(stops) == 3 and all("abandoned (no stop document)" in s["reason"] for s in stops)
+    closed = {s["run_start"] for s in stops}
+    originals = {d["uid"]: d["original_run_uid"] for d in derived.named("start")}
+    assert {originals[uid] for uid in closed} == set(starts[:3])
+    classifier.close()
+    with pytest.raises(ValueError, match="max_open_runs"):
+        ClassifierCallback(engine, max_open_runs=0)
