@@ -29,6 +29,7 @@ from nexus_definitions import layout as L
 from nexus_definitions.layout import decode
 from nexus_definitions.validate import validate_file
 from xrd_nexus_ml.inference import InferenceEngine
+from xrd_nexus_ml.physics.symmetry import space_group_symbol
 from xrd_nexus_ml.spacegroup.model import UNDETERMINED
 from xrd_nexus_ml.steering import SteeringPolicy
 from xrd_nexus_ml.transitions.materials import MATERIALS
@@ -122,7 +123,8 @@ def run_demo(out="out/demo", *, steering: bool = True, max_frames: int = 60, dev
     if frames is None:
         frames = _read_nexus(nexus_path)
     summary = _summarise(frames, classifier.counts(uid), steering, precision, transition_pressure, nexus_path,
-                         report, run_store, uid, time.perf_counter() - started, engine)
+                         report, run_store, uid, time.perf_counter() - started, engine,
+                         sample_name=sample_md["name"], energy_kev=float(beamline.energy.position))
     plot_demo(frames, summary, out / "demo.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if run_store is not None:
@@ -190,7 +192,8 @@ def _read_nexus(path: Path) -> dict:
 
 
 def _summarise(frames: dict, counts: dict, steering: bool, precision: float, truth: float, nexus_path: Path,
-               report, run_store, uid: str, seconds: float, engine) -> dict:
+               report, run_store, uid: str, seconds: float, engine, sample_name: str = "",
+               energy_kev: float | None = None) -> dict:
     pressure = frames["pressure"]
     phases = {}
     for name in frames["phase_names"]:
@@ -203,6 +206,8 @@ def _summarise(frames: dict, counts: dict, steering: bool, precision: float, tru
     sigma = float(frames["transition_pressure_uncertainty"][-1])
     return {
         "raw_run_uid": uid,
+        "sample": sample_name,
+        "beam_energy_kev": energy_kev,
         "steering": "adaptive" if steering else "uniform",
         "frames": int(pressure.size),
         "classification": counts,
@@ -247,45 +252,82 @@ def _companions(frames: dict, where: np.ndarray) -> dict:
             "material_out_of_library_frames": int(np.asarray(frames["material_out_of_library"])[where].sum())}
 
 
-def plot_demo(frames: dict, summary: dict, path: Path) -> None:
-    """Waterfall of the frames in pressure order, coloured by predicted phase, with the
-    transition estimate; right: the order the frames were taken in (the steering path)."""
+def _companion_text(name: str, info: dict) -> str:
+    """One line of what the table says of a phase: space group, crystal system, material."""
+    n = info["frames"]
+    space_group = info["space_group"]
+    if space_group and space_group != UNDETERMINED:
+        space_group = f"{space_group} {space_group_symbol(int(space_group))}"
+    material = info["material"] or ("out of library" if info["material_out_of_library_frames"] else "-")
+    return (f"{name}: space group {space_group or '-'} ({info['space_group_frames']}/{n}), "
+            f"crystal system {info['crystal_system'] or '-'} ({info['crystal_system_frames']}/{n}), "
+            f"material {material}")
+
+
+def draw_demo(frames: dict, summary: dict):
+    """The demo's figure: left, the frames in pressure order, one per row (evenly offset, each row's
+    tick its pressure, so peak heights never read as pressures), coloured by predicted phase, with
+    the transition estimate and its 2σ band between the rows that bracket it; right, the steering
+    path in the order the frames were taken. Title: sample and beam energy; below: what the other
+    models said of each phase. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     colours = {name: c for name, c in zip(frames["phase_names"], ["tab:blue", "tab:red", "tab:green", "tab:purple"])}
-    pressure, intensity = frames["pressure"], frames["intensity"]
-    order = np.argsort(pressure)
+    pressure, intensity = np.asarray(frames["pressure"], dtype=float), frames["intensity"]
+    order = np.argsort(pressure, kind="stable")
     x = frames["two_theta"] if frames["two_theta"] is not None and len(frames["two_theta"]) == intensity.shape[1] \
         else np.arange(intensity.shape[1])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 7), gridspec_kw={"width_ratios": [3, 2]})
-    span = np.ptp(pressure) or 1.0
-    scale = 2.5 * span / max(len(order), 1)
-    for i in order:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 7.5), gridspec_kw={"width_ratios": [3, 2]})
+    for row, i in enumerate(order):
         y = intensity[i] / max(float(np.max(intensity[i])), 1e-12)
-        ax.plot(x, pressure[i] + scale * y, lw=0.6, color=colours.get(frames["phase"][i], "0.5"))
+        ax.plot(x, row + 0.9 * y, lw=0.6, color=colours.get(frames["phase"][i], "0.5"))
+    ax.set_yticks(np.arange(len(order)), [f"{pressure[i]:.2f}" for i in order], fontsize=7)
+    ax.set_ylim(-0.5, len(order) + 0.4 + 0.3 * (len(frames["phase_names"]) + 2))  # room for the legend
     est, sig = summary["transition_pressure_gpa"], summary["transition_uncertainty_gpa"]
-    if math.isfinite(est):
-        ax.axhspan(est - 2 * sig, est + 2 * sig, color="0.85", zorder=0)
-        ax.axhline(est, color="k", ls="--", lw=1, label=f"transition {est:.2f} ± {sig:.2f} GPa")
-    for name, c in colours.items():
-        ax.plot([], [], color=c, label=f"predicted {name}")
+    handles = [plt.Line2D([], [], color=c, label=f"predicted {name}") for name, c in colours.items()]
+    if math.isfinite(est) and len(order) > 1:
+        ranks = np.interp([est - 2 * sig, est, est + 2 * sig], pressure[order], np.arange(len(order)))
+        ax.axhspan(ranks[0], ranks[2], color="0.85", zorder=0)
+        ax.axhline(ranks[1], color="k", ls="--", lw=1)
+        handles += [plt.Line2D([], [], color="k", ls="--", label=f"transition {est:.2f} ± {sig:.2f} GPa (1σ)"),
+                    Patch(color="0.85", label="± 2σ")]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_xlabel("2θ (°)" if x is frames["two_theta"] else "detector point")
-    ax.set_ylabel("pressure (GPa), frame offset by pressure")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{summary['frames']} frames, {summary['steering']} steering")
+    ax.set_ylabel("frames in pressure order (tick: pressure, GPa)")
+    energy = summary.get("beam_energy_kev")
+    sample = summary.get("sample") or "sample"
+    ax.set_title(f"{sample}{f' at {energy:.1f} keV' if energy else ''}: {summary['frames']} frames, "
+                 f"{summary['steering']} steering", fontsize=10)
     seq = np.arange(1, len(pressure) + 1)
     ax2.plot(seq, pressure, color="0.6", lw=0.8)
     ax2.scatter(seq, pressure, c=[colours.get(p, "0.5") for p in frames["phase"]], s=18, zorder=3)
+    handles2 = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"predicted {name}")
+                for name, c in colours.items()]
     if math.isfinite(est):
         ax2.axhline(est, color="k", ls="--", lw=1)
-        ax2.axhline(summary["true_transition_pressure_gpa"], color="tab:green", ls=":", lw=1, label="true transition")
-        ax2.legend(loc="lower right", fontsize=8)
+        handles2.append(plt.Line2D([], [], color="k", ls="--", label="estimate"))
+    truth = summary.get("true_transition_pressure_gpa")
+    if truth is not None and math.isfinite(truth):
+        ax2.axhline(truth, color="tab:green", ls=":", lw=1)
+        handles2.append(plt.Line2D([], [], color="tab:green", ls=":", label="true (simulated) transition"))
+    ax2.legend(handles=handles2, loc="lower right", fontsize=8)
     ax2.set_xlabel("frame (order taken)")
     ax2.set_ylabel("pressure (GPa)")
-    ax2.set_title("steering path")
-    fig.tight_layout()
+    ax2.set_title("steering path", fontsize=10)
+    lines = [_companion_text(name, info) for name, info in summary["phases"].items()]
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, va="bottom", family="monospace")
+    fig.tight_layout(rect=(0, 0.03 * max(len(lines), 1) + 0.01, 1, 1))
+    return fig
+
+
+def plot_demo(frames: dict, summary: dict, path: Path) -> None:
+    """`draw_demo` saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_demo(frames, summary)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -87,3 +87,34 @@ def test_demo_without_a_store_reads_its_results_back_from_the_nexus_file(tmp_pat
     assert summary["nexus_valid"] and summary["error_gpa"] < 1.0
     assert set(summary["phases"]) == {"B1", "rB1"}
     assert (tmp_path / "demo.png").stat().st_size > 20_000
+
+
+def test_the_demo_figure_says_what_it_draws():
+    """Rows evenly offset with their pressures as ticks (a peak's height never reads as a pressure),
+    legends for the phases, the estimate and its band, the beam energy and what each model said."""
+    import matplotlib.pyplot as plt
+
+    from bluesky_callbacks.demo import draw_demo
+
+    rng = np.random.default_rng(0)
+    pressure = np.array([5.0, 11.0, 17.0, 35.0, 32.0, 30.5, 31.25])
+    frames = {"pressure": pressure, "intensity": rng.random((7, 50)), "two_theta": np.linspace(10, 26, 50),
+              "phase": ["B1", "B1", "B1", "rB1", "rB1", "B1", "rB1"], "phase_names": ["B1", "rB1"]}
+    phase_info = {"space_group": "undetermined", "space_group_frames": 3, "crystal_system": "cubic",
+                  "crystal_system_frames": 2, "material": None, "material_out_of_library_frames": 3, "frames": 3}
+    summary = {"frames": 7, "steering": "adaptive", "transition_pressure_gpa": 30.9, "transition_uncertainty_gpa": 0.2,
+               "true_transition_pressure_gpa": 31.0, "sample": "ferropericlase", "beam_energy_kev": 25.6,
+               "phases": {"B1": phase_info, "rB1": {**phase_info, "space_group": 225}}}
+    fig = draw_demo(frames, summary)
+    waterfall, path = fig.axes
+    ticks = [t.get_text() for t in waterfall.get_yticklabels()]
+    assert ticks == [f"{p:.2f}" for p in sorted(pressure)]
+    assert all(line.get_ydata().max() < row + 1 for row, line in enumerate(waterfall.lines[:7]))  # rows never overlap
+    legend = [t.get_text() for t in waterfall.get_legend().get_texts()]
+    assert legend == ["predicted B1", "predicted rB1", "transition 30.90 ± 0.20 GPa (1σ)", "± 2σ"]
+    assert {t.get_text() for t in path.get_legend().get_texts()} >= {"predicted B1", "predicted rB1", "estimate"}
+    assert "25.6 keV" in waterfall.get_title() and "ferropericlase" in waterfall.get_title()
+    notes = "\n".join(t.get_text() for t in fig.texts)
+    assert "B1: space group undetermined (3/3)" in notes and "rB1: space group 225 Fm-3m" in notes
+    assert "crystal system cubic (2/3)" in notes and "material out of library" in notes
+    plt.close(fig)
