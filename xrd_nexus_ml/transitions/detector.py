@@ -733,17 +733,12 @@ class AssemblageDetector:
         return self._record(index, control, k, "same", scores, 0.0)
 
     def _score_side(self, a: _Assemblage, y, m, sigma, control):
-        """Scores against the assemblage as tracked at the nearest control (its first or last state)."""
-        saved, saved_trend = a.reflections, a.trend
-        if abs(control - a.first.control) < abs(control - a.reflections.control):
-            a.reflections = a.first.copy()
-        else:
-            a.reflections = a.reflections.copy()
-        try:
-            scores, found = self._score(a, y, m, sigma, control)
-            return (scores[0], scores[1], scores[2], 0.0), found
-        finally:
-            a.reflections, a.trend = saved, saved_trend
+        """Scores against the assemblage as tracked at the nearest control (its first or last state),
+        on a copy of its reflections and trend: a side frame never changes what is tracked."""
+        nearest = a.first if abs(control - a.first.control) < abs(control - a.reflections.control) else a.reflections
+        view = replace(a, reflections=nearest.copy(), trend=list(a.trend))
+        scores, found = self._score(view, y, m, sigma, control)
+        return (scores[0], scores[1], scores[2], 0.0), found
 
     def _mixture_fraction(self, old: _Assemblage, new: _Assemblage, y, sigma, control, reference, pure_total) -> float:
         """Fraction transformed from `old` to `new` of one frame: f = I_new / (I_new + I_old), I_old

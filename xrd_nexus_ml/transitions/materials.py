@@ -57,6 +57,7 @@ from xrd_nexus_ml.transitions.ramp import (
     RampError,
     measured_frames,
     phase_fractions,
+    sum_phase_patterns,
 )
 
 if TYPE_CHECKING:
@@ -843,17 +844,11 @@ def simulate_material_ramp(
         augment = Compose((PreferredOrientation(r_range=(r, r), directions=(direction,)),))
 
     fractions = phase_fractions(p, pts, widths)
-    total = np.zeros((p.size, instrument.grid.n_points))
-    for k, phase in enumerate(mat.phases):
-        present = fractions[:, k] > 0
-        if not present.any():
-            continue
-        onset = float(pts[k - 1]) if k > 0 else None
-        structures = phase.structures(p[present], None, onset, None)
-        volumes = np.array([s.volume for s in structures])
-        generator = torch.Generator().manual_seed(int(seed) + 7919 * (k + 1))
-        patterns = _patterns(structures, instrument, p[present], augment, generator, device)
-        total[present] += fractions[present, k, None] * patterns / volumes[:, None] ** 2
+    total = sum_phase_patterns(
+        p, fractions, pts, instrument.grid.n_points,
+        structures_at=lambda k, at, onset: mat.phases[k].structures(at, None, onset, None),
+        patterns_of=lambda k, structures, at: _patterns(
+            structures, instrument, at, augment, torch.Generator().manual_seed(int(seed) + 7919 * (k + 1)), device))
 
     return Ramp(
         two_theta=instrument.grid.values.numpy(),

@@ -400,16 +400,10 @@ def simulate_ramp(
     instrument = instrument or Instrument()
 
     fractions = phase_fractions(p, pts, widths)
-    total = np.zeros((p.size, instrument.grid.n_points))
-    for k, phase in enumerate(phase_objs):
-        present = fractions[:, k] > 0
-        if not present.any():
-            continue
-        onset = pts[k - 1] if k > 0 else None
-        structures = phase.structures(p[present], eos, onset, composition)
-        volumes = np.array([s.volume for s in structures])
-        patterns = simulate_patterns(structures, instrument, p[present], device=device)
-        total[present] += fractions[present, k, None] * patterns / volumes[:, None] ** 2
+    total = sum_phase_patterns(
+        p, fractions, pts, instrument.grid.n_points,
+        structures_at=lambda k, at, onset: phase_objs[k].structures(at, eos, onset, composition),
+        patterns_of=lambda k, structures, at: simulate_patterns(structures, instrument, at, device=device))
 
     return Ramp(
         two_theta=instrument.grid.values.numpy(),
@@ -423,6 +417,27 @@ def simulate_ramp(
         metadata={"noise": noise, "background": background, "seed": int(seed), "energy_kev": instrument.energy_kev,
                   "eos": {"v0": eos.v0, "k0": eos.k0, "k0_prime": eos.k0_prime}},
     )
+
+
+def sum_phase_patterns(pressures: np.ndarray, fractions: np.ndarray, transitions: Sequence[float], n_points: int,
+                       structures_at, patterns_of) -> np.ndarray:
+    """The sample's pattern at each pressure: each phase's pattern weighted by its fraction and
+    divided by its cell volume squared (scattering per unit volume: a denser phase is brighter).
+
+    structures_at(k, pressures, onset): phase k's structures at those pressures (onset: the
+    transition it appears at, None for the first); patterns_of(k, structures, pressures): their
+    simulated patterns (rows on the instrument's grid). Phases absent at every pressure are skipped."""
+    total = np.zeros((pressures.size, n_points))
+    for k in range(fractions.shape[1]):
+        present = fractions[:, k] > 0
+        if not present.any():
+            continue
+        onset = float(transitions[k - 1]) if k > 0 else None
+        structures = structures_at(k, pressures[present], onset)
+        volumes = np.array([s.volume for s in structures])
+        patterns = patterns_of(k, structures, pressures[present])
+        total[present] += fractions[present, k, None] * patterns / volumes[:, None] ** 2
+    return total
 
 
 def measured_frames(total: np.ndarray, instrument: Instrument, noise: float, background: float, seed: int,
