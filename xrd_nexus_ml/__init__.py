@@ -8,16 +8,9 @@ any part of the package does not pay for the models.
 from __future__ import annotations
 
 import importlib
-import os
 
 __version__ = "0.1.0"
 
-# Idle OpenMP threads sleep instead of spinning: beside a second busy process spinning threads
-# halved the batched simulator's rate (and worse in single runs); sleeping, it kept its rate, at
-# about 20 % less on an idle machine. OpenMP reads this when torch loads, so it counts only where
-# this package is imported first (the command line always is); a value the user set is kept.
-# See docs/benchmarks.md "Shared CPUs".
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _FRONT_DOOR = {
     "available_models": "xrd_nexus_ml.api",

@@ -3,6 +3,7 @@ needs bluesky, ophyd, tiled, 0MQ, msgpack, matplotlib or Ray; the extras name th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -43,11 +44,22 @@ def test_the_extras_hold_what_the_library_leaves_out():
     assert project["scripts"]["xrd-nexus-ml"] == "xrd_nexus_ml.cli:main"
 
 
-def test_openmp_threads_sleep_unless_the_user_says_otherwise():
-    code = "import os, xrd_nexus_ml, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
-    assert out.stdout.strip() == "ACTIVE"
+def test_the_thread_policy_leaves_a_core_to_the_workstation():
+    from xrd_nexus_ml.device import thread_count
+
+    assert thread_count(2, 2) == 1 and thread_count(16, 16) == 15 and thread_count(1, 1) == 1
+    assert thread_count(64, 32) == 32  # never more than torch would take
+    assert thread_count(16, 16, "4") == 4 and thread_count(16, 16, "keep") is None
+    assert thread_count(16, 16, "lots") == 15  # not a number: the default, with a warning
+    code = ("import torch; d = torch.get_num_threads(); import xrd_nexus_ml.device; "
+            "print(d, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "XRD_NEXUS_ML_THREADS")}
+
+    def run(extra: dict) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**env, **extra}).stdout.split()
+
+    default, now = map(int, run({}))
+    assert now == max(1, min(default, (os.cpu_count() or 2) - 1))
+    assert run({"XRD_NEXUS_ML_THREADS": "keep"})[1] == str(default)
+    assert run({"XRD_NEXUS_ML_THREADS": "1"})[1] == "1"
