@@ -10,9 +10,28 @@ STRAIN_HELP = ("largest relative lattice mismatch a reference is fitted with (de
                "0.015 suits ex-situ laboratory patterns and calls more foreign phases out of library)")
 
 
+def finite(value):
+    """`value` with every NaN or infinite number replaced by None (null): JSON has no NaN, and a
+    strict parser (JavaScript, jq, a data portal) refuses the `NaN` Python would write."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(payload, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN): numpy scalars as numbers, non-finite numbers as null."""
+    return json.dumps(finite(payload), indent=indent, default=float, allow_nan=False)
+
+
 def print_json(payload) -> None:
-    """One JSON document on standard output (numpy scalars as numbers)."""
-    print(json.dumps(payload, indent=2, default=float))
+    """One JSON document on standard output (see `to_json`)."""
+    print(to_json(payload))
 
 
 def strain_fraction(text: str) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, print_json, strain_fraction
+from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, print_json, strain_fraction, to_json
 from xrd_nexus_ml.errors import XrdNexusMlError
 
 
@@ -35,8 +35,6 @@ def classify_nexus_files(files, args) -> int:
     """NeXus files: every frame classified by the same engine the live callback runs, with the
     models and elements the flags name, appended as a new NXprocess group. A file that cannot be
     read or written gets an error line in its place; the others are still classified (status 2)."""
-    import json
-
     from nexus_definitions.classify import classified_copy_path, classify_file  # local: start-up time
     from xrd_nexus_ml.errors import XrdNexusMlError
     from xrd_nexus_ml.inference import InferenceEngine
@@ -58,10 +56,11 @@ def classify_nexus_files(files, args) -> int:
         except (XrdNexusMlError, OSError) as err:
             failed.append(str(path))
             problem = getattr(err, "problem", None) or str(err)
-            print(json.dumps({"file": str(path), "error": problem}) if args.json else f"{path}: error: {problem}")
+            print(to_json({"file": str(path), "error": problem}, indent=None) if args.json
+                  else f"{path}: error: {problem}")
             continue
         if args.json:
-            print(json.dumps(summary, default=float))
+            print(to_json(summary, indent=None))
         else:
             print(f"{summary['file']}: {summary['frames']} frames -> {summary['written_to']}:{summary['group']}; "
                   f"phases {summary['phases']}; "
