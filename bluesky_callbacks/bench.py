@@ -136,7 +136,8 @@ def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: 
                 latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else math.nan,
                 frames_lost=int(out["frames"] - counts["classified"]), frames_shed=counts["shed"],
                 frames_without_record=int(out["frames"] - predictions.seq_nums),
-                seconds_until_all_classified=drained, flags=predictions.flags)
+                seconds_until_all_classified=drained, flags=predictions.flags,
+                drain_frames_per_s=counts["classified"] / drained if drained > 0 else math.nan)
         if rss:
             start = rss[max(1, len(rss) // 10)]
             out.update(rss_start_mb=start, rss_end_mb=rss[-1], rss_growth_mb=rss[-1] - start, rss_samples=len(rss))
@@ -154,6 +155,9 @@ def bench_callback(n_frames: int = 100_000, rate_hz: float = 1000.0, page_size: 
         "overhead_unpaced": 1.0 - unpaced_with["events_per_s"] / unpaced_without["events_per_s"],
         "rate_hz": rate_hz,
         "overhead": paced_with["wall_s"] / paced_without["wall_s"] - 1.0,
+        "drain_frames_per_s": unpaced_with["drain_frames_per_s"],  # frames classified a second, flat out
+        "drain_frames_per_s_paced": long["drain_frames_per_s"],
+        "frames_shed": long["frames_shed"],
         "latency_median_ms": long["latency_median_ms"],
         "latency_p99_ms": long["latency_p99_ms"],
         "max_wait_ms": max(paced_with["max_wait_ms"], long["max_wait_ms"]),

@@ -76,7 +76,12 @@ def test_bench_callback_reports_the_promised_keys_and_loses_no_frame(tmp_path):
     assert result["overhead"] == pytest.approx(runs["paced_with"]["wall_s"] / runs["paced_without"]["wall_s"] - 1.0)
     assert result["max_wait_ms"] == max(runs["paced_with"]["max_wait_ms"], runs["long"]["max_wait_ms"]) >= 0
     assert result["rss_growth_mb"] == pytest.approx(runs["long"]["rss_end_mb"] - runs["long"]["rss_start_mb"])
-    assert runs["long"]["frames_shed"] == 0  # nothing lost, so nothing shed
+    assert runs["long"]["frames_shed"] == 0 == result["frames_shed"]  # nothing lost, so nothing shed
+    for name in ("unpaced_with", "long"):  # drained: frames classified per second until the last one
+        run = runs[name]
+        assert run["drain_frames_per_s"] == pytest.approx(run["frames"] / run["seconds_until_all_classified"])
+    assert result["drain_frames_per_s"] == runs["unpaced_with"]["drain_frames_per_s"] > 0
+    assert result["drain_frames_per_s_paced"] == runs["long"]["drain_frames_per_s"] > 0
     device = torch.device(result["device"])  # a device torch knows; the hardware line names its kind
     assert device.type in ("cpu", "cuda") and result["hardware"].startswith(f"{device.type}: ")
 
