@@ -161,8 +161,7 @@ class ClassifierCallback(event_model.DocumentRouter):
         data_keys = doc["data_keys"]
         if run is None or self.keys.pattern not in data_keys:
             return
-        device = _owner(doc, self.keys.pattern)
-        config = doc.get("configuration", {}).get(device, {}).get("data", {}) if device else {}
+        device, config = device_configuration(doc, self.keys.pattern)
         two_theta = config.get(f"{device}_two_theta", self.two_theta)
         wavelength = config.get(f"{device}_wavelength")
         if wavelength is None and config.get(f"{device}_energy") is not None:
@@ -442,12 +441,13 @@ def _payload_seq(kind: str, doc: dict) -> list[int]:
     return list(range(int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])))
 
 
-def _owner(descriptor: dict, key: str) -> str | None:
-    """The device whose reading `key` is (its configuration holds the detector axis)."""
+def device_configuration(descriptor: dict, key: str) -> tuple[str | None, dict]:
+    """The device whose reading `key` is, and its configuration values (`<device>_two_theta`, the
+    detector axis; `<device>_energy` or `_wavelength`); (None, {}) when no device owns the key."""
     for device, keys in descriptor.get("object_keys", {}).items():
         if key in keys:
-            return device
-    return None
+            return device, descriptor.get("configuration", {}).get(device, {}).get("data", {})
+    return None, {}
 
 
 def _sample_elements(start: dict) -> list[str] | None:

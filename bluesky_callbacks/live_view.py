@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bluesky_callbacks.classifier import FrameKeys
+from bluesky_callbacks.classifier import FrameKeys, device_configuration
 
 log = logging.getLogger(__name__)
 COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange")
@@ -81,10 +81,10 @@ class LiveView:
         if doc["run_start"] != self._raw_uid or self.keys.pattern not in doc["data_keys"]:
             return
         self._raw_descriptors.add(doc["uid"])
-        for device in doc.get("configuration", {}).values():  # `<device>_two_theta`, as the classifier reads it
-            axis = next((v for k, v in device.get("data", {}).items() if k.endswith("_two_theta")), None)
-            if axis is not None:
-                self._x = np.asarray(axis, dtype=float)
+        device, config = device_configuration(doc, self.keys.pattern)  # as the classifier reads the axis
+        axis = config.get(f"{device}_two_theta")
+        if axis is not None:
+            self._x = np.asarray(axis, dtype=float)
 
     def _event(self, doc):
         if doc["descriptor"] in self._raw_descriptors:

@@ -38,6 +38,7 @@ def test_the_view_draws_every_frame_its_phase_and_the_estimate(tmp_path, ramp, r
     assert not view.errors and view.draws >= 2 and (tmp_path / "live.png").stat().st_size > 10_000
     waterfall, estimate = view.figure.axes
     assert len(waterfall.lines) == ramp.n_frames  # one row per frame
+    assert waterfall.get_xlabel() == "2θ (°)"  # the detector's axis, from its configuration
     ticks = [float(t.get_text()) for t in waterfall.get_yticklabels()]
     assert ticks == sorted(ticks) and ticks[0] == pytest.approx(5.0) and ticks[-1] == pytest.approx(55.0)
     colours = {line.get_color() for line in waterfall.lines}
