@@ -83,16 +83,11 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None, 
     out: a new file to write (a copy of `path` with the predictions appended; an existing one is
     refused); None appends to `path` itself."""
     engine = engine or InferenceEngine.from_bundles()
-    target = Path(path)
-    if out is not None and Path(out).resolve() != Path(path).resolve():
-        target = Path(out)
-        if target.exists():
-            raise NexusFileExistsError(f"{target}: exists; remove it, choose another --out, or classify it with "
-                                       "--in-place")
-        with open_for_reading(path):  # a file that is no HDF5 file is refused before any copy
-            pass
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    copy = out is not None and Path(out).resolve() != Path(path).resolve()
+    target = Path(out) if copy else Path(path)
+    if copy and target.exists():
+        raise NexusFileExistsError(f"{target}: exists; remove it, choose another --out, or classify it with "
+                                   "--in-place")
     # the file's own wavelength (or energy) wins; `wavelength` serves the frames that record none
     patterns, pressures, energies = read_patterns(path, entry=entry)
     if wavelength is not None and any(p.axis != "q" and not p.wavelength for p in patterns):
@@ -104,6 +99,9 @@ def classify_file(path, engine=None, entry: str | None = None, wavelength=None, 
               for i, p in enumerate(patterns)]
     options = changepoint_options_for(pressures, recorded_steering_policy(path, entry))
     predictions = engine.new_run(changepoint_options=options, elements=elements).classify(frames)
+    if copy:  # only now: a file that cannot be read or classified leaves no copy behind
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
     group = append_predictions(target, predictions, engine.phase_names, engine.top_k, list(engine.provenance),
                                entry=entry)
     phases: dict[str, int] = {}

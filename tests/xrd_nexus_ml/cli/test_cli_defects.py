@@ -172,3 +172,4 @@ def test_classify_of_nexus_files_goes_on_past_a_bad_one(tmp_path, capsys, write_
     assert lines[0]["file"] == str(bad) and "error" in lines[0]
     assert lines[1]["file"] == str(good) and lines[1]["frames"] == 4
     assert os.path.getsize(bad) == len(b"not an HDF5 file at all")
+    assert not (tmp_path / "bad.classified.nxs").exists()  # nothing copied for a file that cannot be read
