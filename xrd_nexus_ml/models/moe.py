@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xrd_nexus_ml.models.metric import HierarchicalExpert
+from xrd_nexus_ml.models.metric import CosFaceHead, HierarchicalExpert
 from xrd_nexus_ml.models.regnet1d import RegNet1D, RegNetConfig
 
 #: Floor added to the noise standard deviation (keeps the load estimator's division finite).
@@ -141,6 +141,32 @@ class NoisyTopKGate(nn.Module):
         return GateOutput(weights, idx, clean, balance, selected)
 
 
+class PrototypeRouter(nn.Module):
+    """A gate that routes through the classes: an embedding of its own, cosines to one prototype
+    per class (CosFace, as the experts' fine heads), and each expert scored by its best class.
+
+    Which elements a pattern holds is nearly as hard to tell from the pattern as the phase
+    itself when chemically similar elements share a structure type (a learned multi-label
+    element gate reached 40 % routing recall on element-substituted libraries); a class
+    ranking's top few, and with them the experts that hold those classes, are easier to get
+    right than its first place."""
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, embedding_dim: int, n_classes: int,
+                 scale: float = 30.0, margin: float = 0.35) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.project = nn.Linear(feature_dim, embedding_dim, bias=False)
+        self.norm = nn.BatchNorm1d(embedding_dim)
+        self.head = CosFaceHead(embedding_dim, n_classes, scale, margin)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Cosines (B, n_classes) of the trunk map's embedding to the class prototypes."""
+        return self.head(F.normalize(self.norm(self.project(self.encoder(feats))), dim=-1))
+
+    def loss(self, cosine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head.logits(cosine, target), target)
+
+
 @dataclass
 class MoEOutput:
     """Combined prediction of the mixture for a batch."""
@@ -176,6 +202,8 @@ class MixtureOfExperts(nn.Module):
         expert_coarse: Sequence[Sequence[int]] | None = None,
         gate_bins: int = 1,
         gate_hidden: int = 0,
+        gate_encoder: nn.Module | None = None,
+        router: PrototypeRouter | None = None,
     ) -> None:
         super().__init__()
         n_experts = len(experts)
@@ -197,9 +225,14 @@ class MixtureOfExperts(nn.Module):
         # gate_hidden > 0: one hidden layer before the gate (which elements a pattern holds is not
         # a linear function of the pooled trunk features; a linear gate routed the default model's
         # patterns to an expert holding their class only 43 % of the time)
-        self.gate_hidden = (nn.Sequential(nn.Linear(trunk_width * gate_bins, gate_hidden), nn.ReLU())
+        # gate_encoder: a network of the gate's own on the trunk map (with `out_width`), read instead
+        # of the position-bin averages; which elements a pattern holds is nearly as hard to tell as
+        # the phase itself when chemically similar elements share a structure type
+        self.gate_encoder = gate_encoder
+        gate_in = gate_encoder.out_width if gate_encoder is not None else trunk_width * gate_bins
+        self.gate_hidden = (nn.Sequential(nn.Linear(gate_in, gate_hidden), nn.ReLU())
                             if gate_hidden else nn.Identity())
-        self.gate = NoisyTopKGate(gate_hidden or trunk_width * gate_bins, n_experts, k, gate_noise)
+        self.gate = NoisyTopKGate(gate_hidden or gate_in, n_experts, k, gate_noise)
 
         counts = [len(c) for c in expert_classes]
         width = max(counts)
@@ -224,6 +257,11 @@ class MixtureOfExperts(nn.Module):
                     )
                 coarse[e, : len(co)] = torch.tensor(co, dtype=torch.long)
         self._counts = counts
+        # router: route by class prototypes (`PrototypeRouter`) instead of the noisy top-k gate
+        self.router = router
+        held = (to_local >= 0).nonzero()  # (pairs, 2): expert, class
+        self.register_buffer("pair_expert", held[:, 0].contiguous(), persistent=False)
+        self.register_buffer("pair_class", held[:, 1].contiguous(), persistent=False)
         self.has_coarse_map = expert_coarse is not None
         self.register_buffer("expert_class_table", table)  # (E, max n_fine), -1 padded
         self.register_buffer("class_to_local", to_local)  # (E, n_classes), -1 where not held
@@ -261,11 +299,31 @@ class MixtureOfExperts(nn.Module):
         return allowed_classes.to(device=self.class_to_local.device, dtype=torch.bool)
 
     def gate_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """Gate features from the trunk map (B, trunk_width, L'): `gate_bins` position-bin averages
-        (B, trunk_width * gate_bins), through the hidden layer when there is one."""
+        """Gate features from the trunk map (B, trunk_width, L'): the gate's own encoder when it has
+        one, else `gate_bins` position-bin averages (B, trunk_width * gate_bins); then the hidden
+        layer when there is one."""
+        if self.gate_encoder is not None:
+            return self.gate_hidden(self.gate_encoder(feats))
         if self.gate_bins == 1:
             return self.gate_hidden(feats.mean(dim=-1))
         return self.gate_hidden(F.adaptive_avg_pool1d(feats, self.gate_bins).flatten(1))
+
+    def _route(self, feats: torch.Tensor, allowed: torch.Tensor | None) -> tuple[GateOutput, torch.Tensor | None]:
+        """(gate output, router cosines or None) for a trunk map: the noisy top-k gate, or with a
+        router each expert's score is the router's best cosine among the classes it holds."""
+        if self.router is None:
+            return self.gate(self.gate_input(feats), allowed), None
+        cosine = self.router(feats)
+        batch = cosine.shape[0]
+        scores = cosine.new_full((batch, self.n_experts), -2.0).scatter_reduce(
+            1, self.pair_expert.expand(batch, -1), cosine[:, self.pair_class], "amax", include_self=True)
+        if allowed is not None:
+            scores = scores.masked_fill(~self.gate._allowed_rows(allowed.to(scores.device), batch), float("-inf"))
+        vals, idx = scores.topk(self.gate.k, dim=1)
+        scale = self.router.head.scale
+        weights = torch.zeros_like(scores).scatter(1, idx, torch.softmax(vals * scale, dim=1))
+        selected = torch.zeros_like(scores, dtype=torch.bool).scatter(1, idx, torch.isfinite(vals))
+        return GateOutput(weights, idx, scores, scores.new_zeros(()), selected), cosine
 
     @staticmethod
     def _routes(mask: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -296,7 +354,7 @@ class MixtureOfExperts(nn.Module):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         feats = self.trunk(x)
-        gate = self.gate(self.gate_input(feats), allowed_experts)
+        gate, _ = self._route(feats, allowed_experts)
         batch = feats.shape[0]
         probs = feats.new_zeros(batch, self.n_classes)
         similarity = feats.new_full((batch, self.n_classes), -1.0)
@@ -333,11 +391,19 @@ class MixtureOfExperts(nn.Module):
         coarse_targets: torch.Tensor,
         expert_targets: torch.Tensor,
         balance_weight: float = 0.01,
+        *,
+        parts: str = "joint",
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Teacher-routed training loss: each expert learns from the rows of its own classes.
 
-        total = mean over experts with rows of HierarchicalExpert.loss + BCE(gate clean logits,
-        expert_targets) + balance_weight * load-balancing loss of the noisy gate."""
+        parts="joint": mean over experts with rows of HierarchicalExpert.loss + BCE(gate clean
+        logits, expert_targets) + balance_weight * load-balancing loss of the noisy gate.
+        parts="experts": the experts' term alone (trunk and experts learn; the gate is not run).
+        parts="gate": the gate's terms alone, on trunk features taken as they are (no gradient
+        reaches the trunk), so a gate trained after the experts cannot undo what they learned.
+        The last two are the stages of the expert-first recipe (`training.moe_recipe`)."""
+        if parts not in ("joint", "experts", "gate"):
+            raise ValueError(f"parts must be 'joint', 'experts' or 'gate', got {parts!r}")
         batch = x.shape[0]
         shape = (batch, self.n_experts)
         if fine_targets.shape != (batch,) or coarse_targets.shape != shape or expert_targets.shape != shape:
@@ -346,24 +412,36 @@ class MixtureOfExperts(nn.Module):
                 f"{tuple(coarse_targets.shape)}, {tuple(expert_targets.shape)}"
             )
         expert_targets = expert_targets.to(torch.bool)
-        feats = self.trunk(x)
-        gate = self.gate(self.gate_input(feats))
-        losses = []
-        for e, rows in self._routes(expert_targets):
-            expert = self.experts[e]
-            local = self.class_to_local[e, fine_targets[rows]]
-            coarse = coarse_targets[rows, e]
-            if bool((local < 0).any()):
-                raise ValueError(f"expert_targets routes rows to expert {e} whose classes do not include their target")
-            if bool((coarse < 0).any() | (coarse >= expert.n_coarse).any()):
-                raise ValueError(f"coarse_targets for expert {e} must lie in [0, {expert.n_coarse}) on its rows")
-            losses.append(expert.loss(expert(feats.index_select(0, rows)), coarse, local))
-        expert_loss = torch.stack(losses).mean() if losses else feats.sum() * 0.0
-        gate_bce = F.binary_cross_entropy_with_logits(gate.logits, expert_targets.to(gate.logits.dtype))
-        balance = gate.load_balancing_loss
+        if parts == "gate":
+            with torch.no_grad():
+                feats = self.trunk(x)
+        else:
+            feats = self.trunk(x)
+        zero = feats.sum() * 0.0
+        expert_loss = zero
+        if parts != "gate":
+            losses = []
+            for e, rows in self._routes(expert_targets):
+                expert = self.experts[e]
+                local = self.class_to_local[e, fine_targets[rows]]
+                coarse = coarse_targets[rows, e]
+                if bool((local < 0).any()):
+                    raise ValueError(
+                        f"expert_targets routes rows to expert {e} whose classes do not include their target")
+                if bool((coarse < 0).any() | (coarse >= expert.n_coarse).any()):
+                    raise ValueError(f"coarse_targets for expert {e} must lie in [0, {expert.n_coarse}) on its rows")
+                losses.append(expert.loss(expert(feats.index_select(0, rows)), coarse, local))
+            expert_loss = torch.stack(losses).mean() if losses else zero
+        gate_bce = balance = zero
+        if parts != "experts" and self.router is not None:  # the router learns the classes themselves
+            gate_bce = self.router.loss(self.router(feats), fine_targets)
+        elif parts != "experts":
+            gate = self.gate(self.gate_input(feats))
+            gate_bce = F.binary_cross_entropy_with_logits(gate.logits, expert_targets.to(gate.logits.dtype))
+            balance = gate.load_balancing_loss
         total = expert_loss + gate_bce + balance_weight * balance
-        parts = {"expert": expert_loss.detach(), "gate_bce": gate_bce.detach(), "balance": balance.detach()}
-        return total, parts
+        out = {"expert": expert_loss.detach(), "gate_bce": gate_bce.detach(), "balance": balance.detach()}
+        return total, out
 
 
 class BinnedEncoder(nn.Module):
@@ -402,13 +480,17 @@ def build_moe(
     gate_hidden: int = 0,
     expert_bins: int = 1,
     expert_bin_channels: int = 8,
+    gate_encoder: bool = False,
+    router: bool = False,
 ) -> MixtureOfExperts:
     """A mixture with a RegNet1D trunk and one RegNet1D-tail hierarchical expert per entry of
     `expert_classes`; expert e has max(expert_coarse[e]) + 1 coarse classes. None configs mean
     the tuned defaults; `gate_bins` as in `MixtureOfExperts` (8 here: a linear gate on the global
     average alone learned the routing of even a toy problem poorly). `expert_bins` > 1 gives every
     expert a `BinnedEncoder` (position bins of `expert_bin_channels` channels) instead of global
-    average pooling."""
+    average pooling. `gate_encoder` gives the gate an encoder of its own, built like an expert's
+    (the expert tail, pooled as the experts are). `router` routes through class prototypes on such
+    an encoder (`PrototypeRouter`) instead of the noisy top-k gate."""
     trunk_config = trunk_config or default_trunk_config()
     expert_config = expert_config or default_expert_config()
     if len(expert_coarse) != len(expert_classes):
@@ -423,9 +505,18 @@ def build_moe(
             encoder = BinnedEncoder(encoder, expert_bin_channels, expert_bins)
         n_coarse = max(int(c) for c in co) + 1
         experts.append(HierarchicalExpert(encoder, encoder.out_width, embedding_dim, n_coarse, len(cls)))
+    def own_encoder() -> nn.Module:
+        net = RegNet1D(expert_config, with_stem=False, in_width=trunk.out_width)
+        return BinnedEncoder(net, expert_bin_channels, expert_bins) if expert_bins > 1 else net
+
+    gate_net = own_encoder() if gate_encoder and not router else None
+    route = None
+    if router:
+        encoder = own_encoder()
+        route = PrototypeRouter(encoder, encoder.out_width, embedding_dim, n_classes)
     return MixtureOfExperts(
         trunk, trunk.out_width, experts, expert_classes, n_classes, k, expert_coarse=expert_coarse, gate_bins=gate_bins,
-        gate_hidden=gate_hidden,
+        gate_hidden=gate_hidden, gate_encoder=gate_net, router=route,
     )
 
 
