@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from training.loop import ReplayBuffer, gradient_step, warmup_cosine
+from training.loop import ReplayBuffer
+from training.moe_recipe import make_recipe
 from xrd_nexus_ml.identification.library import PhaseLibrary, default_library, load_cif_library, split_by_structure
 from xrd_nexus_ml.identification.model import IdentificationModel, phase_record
 from xrd_nexus_ml.identification.stream import PeakCache, library_stream
@@ -67,6 +68,8 @@ class BuildConfig:
     checkpoint_every: int = 250
     wavelength: str = "CuKa1"
     workers: int = 1
+    recipe: str = "joint"  # or "expert_first": experts, then gate, then joint (`training.moe_recipe`)
+    router: bool = False  # route through class prototypes (`models.moe.PrototypeRouter`), not the element gate
 
 
 class _StreamDataset(IterableDataset):
@@ -161,10 +164,9 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
     network = build_moe(plan.expert_classes, plan.expert_coarse, len(classes),
                         _config(config.trunk), _config(config.expert), config.embedding_dim, config.k,
                         gate_bins=config.gate_bins, gate_hidden=config.gate_hidden, expert_bins=config.expert_bins,
-                        expert_bin_channels=config.expert_bin_channels)
+                        expert_bin_channels=config.expert_bin_channels, router=config.router)
     train_idx, val_idx = split_by_structure(library, config.val_fraction, config.seed)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(optimizer, config.steps)
+    recipe_runner = make_recipe(config.recipe, network, config.steps, lr=config.lr, weight_decay=config.weight_decay)
     recipe = json.dumps(asdict(config), sort_keys=True)
     library_hash = library.content_hash()
     step, history, metrics = 0, [], {}
@@ -173,8 +175,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
         state = torch.load(ckpt, weights_only=True)
         if state.get("recipe") == recipe and state.get("library_hash") == library_hash:
             network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
+            recipe_runner.load_state_dict(state["recipe_state"])
             step, metrics = int(state["step"]), json.loads(state["metrics"])
             history = json.loads(state["history"])
     switch = int(round(config.steps * (1.0 - config.final_fraction))) if len(val_idx) else 0
@@ -203,9 +204,7 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
             replay.add(x, y)
             if replayed is not None:
                 x, y = torch.cat([x, replayed[0]]), torch.cat([y, replayed[1]])
-            coarse, experts = network.routing_targets(y)
-            loss, parts = network.training_loss(x, y, coarse, experts)
-            gradient_step(loss, network, optimizer, schedule)
+            loss = recipe_runner.step(x, y)
             step += 1
             if step % 25 == 0 or step == config.steps:
                 history.append([step, round(float(loss.detach()), 4)])
@@ -213,8 +212,8 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                torch.save({"step": step, "network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "recipe": recipe, "library_hash": library_hash,
+                torch.save({"step": step, "network": network.state_dict(), "recipe_state": recipe_runner.state_dict(),
+                            "recipe": recipe, "library_hash": library_hash,
                             "metrics": json.dumps(metrics), "history": json.dumps(history)}, ckpt)
     finally:
         if bar is not None:
@@ -240,7 +239,8 @@ def build_model(library: PhaseLibrary, out, config: BuildConfig | None = None, p
                       "k": config.k, "inference_k": config.inference_k, "gate_bins": config.gate_bins,
                       "gate_hidden": config.gate_hidden, "expert_bins": config.expert_bins,
                       "expert_bin_channels": config.expert_bin_channels, "experts_by": "element",
-                      "heads": "AdaCos (chemical system) + CosFace (composition)", "gate": "noisy top-k"},
+                      "heads": "AdaCos (chemical system) + CosFace (composition)", "router": config.router,
+                      "gate": "class prototypes" if config.router else "noisy top-k"},
         sticks=sticks, temperature=temperature, open_set_threshold=threshold, library_hash=library_hash,
         training={
             "recipe": asdict(config),

@@ -139,7 +139,8 @@ class IdentificationModel:
                                 embedding_dim=int(arch["embedding_dim"]), k=int(arch["k"]),
                                 gate_bins=int(arch["gate_bins"]), gate_hidden=int(arch["gate_hidden"]),
                                 expert_bins=int(arch["expert_bins"]),
-                                expert_bin_channels=int(arch["expert_bin_channels"]))
+                                expert_bin_channels=int(arch["expert_bin_channels"]),
+                                router=bool(arch.get("router", False)))
             load_state(network, tensors, "network", directory)
             network.gate.k = min(int(arch["inference_k"]), network.n_experts)
             offsets = tensors["sticks.offsets"].numpy()
