@@ -6,7 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xrd_nexus_ml.cli.common import STRAIN_HELP, class_counts, element_list, print_json, strain_fraction, to_json
+from xrd_nexus_ml.cli.common import (
+    STRAIN_HELP,
+    class_counts,
+    element_list,
+    name_list,
+    print_json,
+    strain_fraction,
+    to_json,
+)
 from xrd_nexus_ml.errors import XrdNexusMlError
 
 
@@ -185,19 +193,27 @@ def cmd_evaluate_identify(args) -> int:
 
 
 def cmd_evaluate_scaling(args) -> int:
-    from xrd_nexus_ml.evaluation.scaling import evaluate_scaling  # local: start-up time
+    from xrd_nexus_ml.evaluation.scaling import ARMS, ScalingModels, evaluate_scaling  # local: start-up time
 
-    result = evaluate_scaling(sizes=args.sizes, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                              device=args.device, test_patterns=args.test_patterns, progress=not args.json)
+    budget = {"steps": args.steps} if args.steps else {"patterns_per_class": args.patterns_per_class}
+    arms = ARMS if args.models in (None, "all") else args.models
+    result = evaluate_scaling(sizes=args.sizes, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                              test_patterns=args.test_patterns, progress=not args.json, arms=arms,
+                              models=ScalingModels(router=args.gate == "router"), checkpoint_dir=args.checkpoint_dir,
+                              stop_after=args.stop_after, **budget)
     if args.json:
         print_json(result)
         return 0
     hw = result["hardware"]
-    print(f"{result['steps']} steps x {result['batch_size']} patterns per model on {result['device']} "
+    print(f"{result['batch_size']} patterns per step on {result['device']} "
           f"({hw.get('gpu') or hw['cpu']}, {hw['torch_threads']} torch threads)")
-    print(f"{'classes':>8} {'model':<13} {'top1':>6} {'top5':>6} {'train s':>8} {'ms/pattern':>10} {'parameters':>11}")
+    for lib in result["libraries"]:
+        state = "" if lib["complete"] else f" (INCOMPLETE: resume with the same command; {lib['checkpoint']})"
+        print(f"{lib['n_classes']} classes: {lib['steps_done']}/{lib['steps']} steps, "
+              f"{lib['patterns_per_class']:.0f} patterns per class{state}")
+    print(f"{'classes':>8} {'model':<17} {'top1':>6} {'top5':>6} {'train s':>8} {'ms/pattern':>10} {'parameters':>11}")
     for r in result["results"]:
-        print(f"{r['n_classes']:>8} {r['model']:<13} {r['top1']:>6.3f} {r['top5']:>6.3f} {r['train_seconds']:>8.1f} "
+        print(f"{r['n_classes']:>8} {r['model']:<17} {r['top1']:>6.3f} {r['top5']:>6.3f} {r['train_seconds']:>8.1f} "
               f"{r['ms_per_pattern']:>10.3f} {r['n_parameters']:>11}")
     return 0
 
@@ -279,12 +295,25 @@ def add_parsers(sub, evaluate, bench, train) -> None:
                                             "on element-substituted AFLOW prototypes")
     e.add_argument("--sizes", type=class_counts, default=[100, 1000, 10000],
                    help="comma-separated class counts (default 100,1000,10000; 1e5 too on a GPU)")
-    e.add_argument("--steps", type=int, default=1500, help="training steps per model (same for all three)")
+    e.add_argument("--patterns-per-class", type=int, default=100,
+                   help="training budget of every model: this many patterns per class on average (default 100)")
+    e.add_argument("--steps", type=int, default=None, help="a fixed number of training steps instead")
+    e.add_argument("--models", type=name_list, default=None,
+                   help="comma-separated models to train side by side, of flat, hierarchical, moe (joint recipe), "
+                        "moe_expert_first (default: all four)")
+    e.add_argument("--gate", choices=("router", "element"), default="router",
+                   help="how the mixtures route: 'router' (class prototypes, default) or 'element' (noisy top-k "
+                        "gate on element presence)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--test-patterns", type=int, default=2048,
                    help="fresh test patterns per size (at least one per class)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (patterns are simulated on the CPU)")
+    e.add_argument("--checkpoint-dir", default=None,
+                   help="save the models there as they train; the same command resumes an unfinished run")
+    e.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this many seconds, test the models as they are, and report "
+                        "'complete': false (resume with --checkpoint-dir)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate_scaling)
 

@@ -31,7 +31,8 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from pymatgen.core import Composition, Element, Structure
 from torch import nn
 
 from training.loop import warmup_cosine
+from training.moe_recipe import make_recipe
 from xrd_nexus_ml.device import resolve_device
 from xrd_nexus_ml.identification.library import (
     LibraryError,
@@ -257,6 +259,10 @@ class ScalingModels:
     gate_bins: int = 8
     expert_bins: int = 16
     expert_bin_channels: int = 8
+    gate_hidden: int = 256  # as the shipped recipe (training/identify.py BuildConfig)
+    inference_k: int = 4  # experts run per pattern at test time, as the shipped models
+    gate_encoder: bool = False  # the gate reads an encoder of its own (`build_moe`)
+    router: bool = False  # route through class prototypes (`models.moe.PrototypeRouter`)
 
     def resolved(self) -> ScalingModels:
         return replace(self, trunk=self.trunk or default_trunk_config(), expert=self.expert or default_expert_config())
@@ -271,7 +277,9 @@ class ScalingModels:
 
     def to_dict(self) -> dict[str, Any]:
         return {"trunk": self.trunk.to_dict(), "expert": self.expert.to_dict(), "embedding_dim": self.embedding_dim,
-                "k": self.k, "gate_bins": self.gate_bins, "expert_bins": self.expert_bins,
+                "k": self.k, "gate_bins": self.gate_bins, "gate_hidden": self.gate_hidden,
+                "inference_k": self.inference_k, "gate_encoder": self.gate_encoder, "router": self.router,
+                "expert_bins": self.expert_bins,
                 "expert_bin_channels": self.expert_bin_channels}
 
 
@@ -288,6 +296,31 @@ class _Arm:
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network
+
+    def start(self, steps: int, lr: float, weight_decay: float) -> None:
+        """Optimizer and schedule for `steps` (the mixtures replace this with their recipe)."""
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=weight_decay)
+        self.schedule = warmup_cosine(self.optimizer, steps)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.network.train()
+        loss = self.loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.detach()
+
+    def training_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def to(self, device) -> None:
+        self.network.to(device)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -323,6 +356,7 @@ class _Hierarchical(_Arm):
         self.coarse_of_class = torch.as_tensor(coarse, dtype=torch.long)
 
     def to(self, device) -> None:
+        self.network.to(device)
         self.coarse_of_class = self.coarse_of_class.to(device)
 
     def loss(self, x, y):
@@ -333,25 +367,54 @@ class _Hierarchical(_Arm):
 
 
 class _MoE(_Arm):
-    name = "moe"
+    """The mixture of element experts, trained by one of `training.moe_recipe`'s recipes."""
 
-    def __init__(self, models: ScalingModels, library: PhaseLibrary) -> None:
+    def __init__(self, models: ScalingModels, library: PhaseLibrary, recipe: str) -> None:
         plan = library.experts()
         self.n_experts = len(plan.elements)
+        self.recipe_name = recipe
+        self.name = "moe" if recipe == "joint" else f"moe_{recipe}"
+        self.inference_k = min(models.inference_k, self.n_experts)
         super().__init__(build_moe(plan.expert_classes, plan.expert_coarse, len(library.classes), models.trunk,
                                    models.expert, models.embedding_dim, min(models.k, len(plan.elements)),
-                                   gate_bins=models.gate_bins, expert_bins=models.expert_bins,
-                                   expert_bin_channels=models.expert_bin_channels))
+                                   gate_bins=models.gate_bins, gate_hidden=models.gate_hidden,
+                                   expert_bins=models.expert_bins, expert_bin_channels=models.expert_bin_channels,
+                                   gate_encoder=models.gate_encoder, router=models.router))
+        self.training_k = self.network.gate.k
 
-    def loss(self, x, y):
-        coarse, experts = self.network.routing_targets(y)
-        return self.network.training_loss(x, y, coarse, experts)[0]
+    def start(self, steps, lr, weight_decay):
+        self.recipe = make_recipe(self.recipe_name, self.network, steps, lr=lr, weight_decay=weight_decay)
+
+    def step(self, x, y):
+        self.network.gate.k = self.training_k
+        return self.recipe.step(x, y)
+
+    def training_state(self):
+        return self.recipe.state_dict()
+
+    def load_training_state(self, state):
+        self.recipe.load_state_dict(state)
 
     def scores(self, x):
+        self.network.gate.k = self.inference_k
         return self.network(x).probs
+
+    def routed(self, x: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(routing hit (B,) bool: a selected expert holds the true class, top-1 (B,) with perfect
+        routing: only the experts holding the true class may run). The two split the mixture's
+        error into the gate's and the experts'."""
+        self.network.gate.k = self.inference_k
+        _, held = self.network.routing_targets(truth)
+        hit = (self.network(x).gate.selected & held).any(dim=1)
+        oracle = self.network(x, allowed_experts=held).probs.argmax(dim=1)
+        return hit, oracle == truth
 
 
 # -- the measurement ----------------------------------------------------------------------------
+
+#: The arms `evaluate_size` can train: flat and hierarchical single models, and the mixture
+#: trained jointly or experts first (`training.moe_recipe`).
+ARMS = ("flat", "hierarchical", "moe", "moe_expert_first")
 
 
 @dataclass
@@ -362,7 +425,8 @@ class _Tally:
     top5: int = 0
     n: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    routing_hits: int = 0
+    oracle_top1: int = 0
 
 
 def _sync(device: torch.device) -> None:
@@ -385,26 +449,71 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """The recipes' schedule (`training.loop.warmup_cosine`), so the arms train as the shipped models do."""
-    return warmup_cosine(optimizer, steps)
+def budget_steps(n_classes: int, batch_size: int, steps: int | None = None,
+                 patterns_per_class: int | None = None) -> int:
+    """Training steps of one model: `steps`, or enough batches to show each class
+    `patterns_per_class` times on average (at 10^4 classes, 100 per class is 10^6 patterns)."""
+    if (steps is None) == (patterns_per_class is None):
+        raise ValueError("give either steps or patterns_per_class")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be positive, got {steps}")
+        return int(steps)
+    if patterns_per_class < 1:
+        raise ValueError(f"patterns_per_class must be positive, got {patterns_per_class}")
+    return max(1, math.ceil(patterns_per_class * n_classes / batch_size))
 
 
-def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int = 0, device: str = "cpu",
-                  test_patterns: int = 2048, models: ScalingModels | None = None, lr: float = 3e-3,
-                  weight_decay: float = 1e-4, impurity_pool_size: int = 512,
-                  eval_batch_size: int = 128) -> dict[str, Any]:
-    """Train flat, hierarchical and MoE on the same augmented stream of `library`; test on fresh draws.
+def _build_arms(names: Sequence[str], models: ScalingModels, library: PhaseLibrary, coarse: np.ndarray,
+                seed: int) -> list[_Arm]:
+    unknown = sorted(set(names) - set(ARMS))
+    if unknown or not names:
+        raise ValueError(f"unknown or no models {unknown}; expected some of {list(ARMS)}")
+    n_classes = len(library.classes)
+    builders = {"flat": lambda: _Flat(models, n_classes),
+                "hierarchical": lambda: _Hierarchical(models, n_classes, coarse),
+                "moe": lambda: _MoE(models, library, "joint"),
+                "moe_expert_first": lambda: _MoE(models, library, "expert_first")}
+    arms = []
+    for name in ARMS:  # a fixed order, whatever the order asked
+        if name in names:
+            torch.manual_seed(seed)  # each model's initialisation is seeded
+            arms.append(builders[name]())
+    return arms
 
-    Every training batch is drawn once and given to all three models in turn (same patterns,
-    same order), each with AdamW + warm-up/cosine and gradient clipping at 5. `train_seconds`
-    is a model's own forward/backward/step time; drawing the patterns, shared, is reported once
-    as `simulation_seconds`. The test covers every phase (= class in a substituted library)
-    equally often, at least once (`test_patterns` rounded up to a multiple of the phase count),
-    from a stream of its own seed.
+
+def _checkpoint_file(checkpoint_dir, library: PhaseLibrary, steps: int, batch_size: int, seed: int,
+                     names: Sequence[str]) -> Path:
+    key = f"{library.content_hash()[:12]}-{steps}x{batch_size}-s{seed}-{'+'.join(names)}"
+    return Path(checkpoint_dir) / f"scaling-{len(library.classes)}-{key}.pt"
+
+
+def evaluate_size(library: PhaseLibrary, steps: int | None = None, batch_size: int = 64, seed: int = 0,
+                  device: str = "cpu", test_patterns: int = 2048, models: ScalingModels | None = None,
+                  lr: float = 3e-3, weight_decay: float = 1e-4, impurity_pool_size: int = 512,
+                  eval_batch_size: int = 128, *, patterns_per_class: int | None = None,
+                  arms: Sequence[str] = ARMS, checkpoint_dir=None, checkpoint_every: int = 200,
+                  stop_after: float | None = None, progress: bool = False) -> dict[str, Any]:
+    """Train the `arms` on the same augmented stream of `library`; test them on fresh draws.
+
+    Every training batch is drawn once and given to every model in turn (same patterns, same
+    order). The single models train with AdamW + warm-up/cosine and gradient clipping at 5, the
+    mixtures with their recipe (`training.moe_recipe`) at the same learning rate, so all arms get
+    the same budget: `budget_steps(steps, patterns_per_class)` batches of `batch_size`.
+    `train_seconds` is a model's own forward/backward/step time; drawing the patterns, shared, is
+    reported once as `simulation_seconds`. The test covers every phase (= class in a substituted
+    library) equally often, at least once (`test_patterns` rounded up to a multiple of the phase
+    count), from a stream of its own seed. For the mixtures the test also reports
+    `routing_recall` (a selected expert holds the true class) and `top1_perfect_routing`.
     The impurity pool (second phases in half the patterns) is a seeded subset of at most
     `impurity_pool_size` references: the whole library's padded peaks would not fit in memory
-    at 10^4 classes and more."""
+    at 10^4 classes and more.
+
+    checkpoint_dir: models, recipes and step are saved there every `checkpoint_every` steps and
+    a call with the same library and budget resumes from them. stop_after: seconds of training
+    in this call after which training stops (at a checkpoint, when there is a directory) and the
+    models are tested as they are: the result says `"complete": false`, with the steps done and
+    the patterns per class actually seen; a later call resumes."""
     models = (models or ScalingModels()).resolved()
     dev = resolve_device(device)
     started = time.perf_counter()
@@ -413,63 +522,84 @@ def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int 
     cache_seconds = time.perf_counter() - started
     phase_class = library.phase_classes
     n_classes = len(library.classes)
+    total_steps = budget_steps(n_classes, batch_size, steps if patterns_per_class is None else None,
+                               patterns_per_class)
     coarse, coarse_names = structure_types(library)
     rng = np.random.default_rng(seed + 31)
     pool_refs = np.sort(rng.choice(len(cache), size=min(impurity_pool_size, len(cache)), replace=False))
     pool = cache.peaks(pool_refs.tolist()) if len(cache) > 1 else None
 
-    arms: list[_Arm] = []
-    for build in (lambda: _Flat(models, n_classes), lambda: _Hierarchical(models, n_classes, coarse),
-                  lambda: _MoE(models, library)):
-        torch.manual_seed(seed)  # each model's initialisation is seeded
-        arm = build()
-        arm.network.to(dev).train()
-        if isinstance(arm, _Hierarchical):
-            arm.to(dev)
-        arms.append(arm)
-    optimizers = [torch.optim.AdamW(a.network.parameters(), lr=lr, weight_decay=weight_decay) for a in arms]
-    schedules = [_schedule(o, steps) for o in optimizers]
-    train_seconds = [0.0] * len(arms)
-    losses: list[list[float]] = [[] for _ in arms]
+    chosen = _build_arms(arms, models, library, coarse, seed)
+    names = [a.name for a in chosen]
+    for arm in chosen:
+        arm.to(dev)
+        arm.start(total_steps, lr, weight_decay)
+    train_seconds = [0.0] * len(chosen)
+    losses: list[list[float]] = [[] for _ in chosen]
+    done, simulation_seconds = 0, 0.0
+    ckpt = None if checkpoint_dir is None else _checkpoint_file(checkpoint_dir, library, total_steps, batch_size,
+                                                                 seed, names)
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        for i, arm in enumerate(chosen):
+            arm.network.load_state_dict(state["networks"][i])
+            arm.load_training_state(state["training"][i])
+        done, simulation_seconds = int(state["done"]), float(state["simulation_seconds"])
+        train_seconds = [float(t) for t in state["train_seconds"]]
+        losses = [list(map(float, loss)) for loss in state["losses"]]
 
-    stream = ReferenceStream(cache, simulator, np.arange(len(cache)), batch_size, seed * 1_000_003 + 1,
+    def save() -> None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"done": done, "simulation_seconds": simulation_seconds, "train_seconds": train_seconds,
+                    "losses": [torch.tensor(loss) for loss in losses],
+                    "networks": [a.network.state_dict() for a in chosen],
+                    "training": [a.training_state() for a in chosen]}, ckpt.with_suffix(".tmp"))
+        ckpt.with_suffix(".tmp").replace(ckpt)
+
+    resumed_from = done
+    # a resumed run continues a stream seeded by where it resumed, so it never replays a batch
+    stream = ReferenceStream(cache, simulator, np.arange(len(cache)), batch_size, seed * 1_000_003 + 1 + done,
                              identification_pipeline(pool))
-    simulation_seconds = 0.0
-    for _ in range(steps):
+    call_started = time.perf_counter()
+    while done < total_steps:
         t0 = time.perf_counter()
         draw = stream.draw()
         x = draw.inputs.to(dev, non_blocking=True)
         y = torch.as_tensor(phase_class[draw.reference], dtype=torch.long, device=dev)
         simulation_seconds += time.perf_counter() - t0
-        for i, (arm, opt, sched) in enumerate(zip(arms, optimizers, schedules)):
+        for i, arm in enumerate(chosen):
             t0 = time.perf_counter()
-            loss = arm.loss(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(arm.network.parameters(), 5.0)
-            opt.step()
-            sched.step()
+            loss = arm.step(x, y)
             _sync(dev)
             train_seconds[i] += time.perf_counter() - t0
-            losses[i].append(float(loss.detach()))
+            losses[i].append(float(loss))
+        done += 1
+        if progress and (done % 100 == 0 or done == total_steps):
+            print(f"  {n_classes} classes: step {done}/{total_steps}", flush=True)
+        out_of_time = stop_after is not None and time.perf_counter() - call_started > stop_after
+        if ckpt is not None and (done % checkpoint_every == 0 or done == total_steps or out_of_time):
+            save()
+        if out_of_time:
+            break
+    complete = done >= total_steps
 
     n_test = len(cache) * max(1, math.ceil(test_patterns / len(cache)))
     refs = np.resize(rng.permutation(len(cache)), n_test)
     test_stream = ReferenceStream(cache, simulator, np.arange(len(cache)), eval_batch_size, seed + 104729,
                                   identification_pipeline(pool))
-    tallies = [_Tally() for _ in arms]
+    tallies = [_Tally() for _ in chosen]
     k5 = min(5, n_classes)
-    for arm in arms:
+    for arm in chosen:
         arm.network.eval()
     with torch.inference_mode():
         warm = test_stream.draw(refs[:min(8, n_test)]).inputs.to(dev)
-        for arm in arms:  # first calls pay for lazy set-up (folded batch norms, kernels)
+        for arm in chosen:  # first calls pay for lazy set-up (folded batch norms, kernels)
             arm.scores(warm)
         for start in range(0, n_test, eval_batch_size):
             draw = test_stream.draw(refs[start:start + eval_batch_size])
             x = draw.inputs.to(dev)
             truth = torch.as_tensor(phase_class[draw.reference], dtype=torch.long, device=dev)
-            for arm, tally in zip(arms, tallies):
+            for arm, tally in zip(chosen, tallies):
                 _sync(dev)
                 t0 = time.perf_counter()
                 scores = arm.scores(x)
@@ -479,45 +609,68 @@ def evaluate_size(library: PhaseLibrary, steps: int, batch_size: int, seed: int 
                 tally.top1 += int((top[:, 0] == truth).sum())
                 tally.top5 += int((top == truth.unsqueeze(1)).any(dim=1).sum())
                 tally.n += len(truth)
+                if isinstance(arm, _MoE):
+                    hit, oracle = arm.routed(x, truth)
+                    tally.routing_hits += int(hit.sum())
+                    tally.oracle_top1 += int(oracle.sum())
 
     results = []
-    tail = max(1, steps // 10)
-    for i, (arm, tally) in enumerate(zip(arms, tallies)):
+    tail = max(1, total_steps // 10)
+    for i, (arm, tally) in enumerate(zip(chosen, tallies)):
         row = {"n_classes": n_classes, "model": arm.name, "top1": tally.top1 / tally.n, "top5": tally.top5 / tally.n,
                "train_seconds": round(train_seconds[i], 2), "ms_per_pattern": 1000.0 * tally.seconds / tally.n,
                "n_parameters": int(sum(p.numel() for p in arm.network.parameters())),
                "final_loss": float(np.mean(losses[i][-tail:])) if losses[i] else None,
                "n_test_patterns": tally.n}
         if isinstance(arm, _MoE):
-            row["n_experts"] = arm.n_experts
+            row.update(n_experts=arm.n_experts, recipe=arm.recipe.to_dict(), inference_k=arm.inference_k,
+                       routing_recall=tally.routing_hits / tally.n, top1_perfect_routing=tally.oracle_top1 / tally.n)
         if isinstance(arm, _Hierarchical):
             row["n_coarse"] = len(coarse_names)
         results.append(row)
-    return {"n_classes": n_classes, "results": results, "peak_cache_seconds": round(cache_seconds, 2),
-            "simulation_seconds": round(simulation_seconds, 2), "n_structure_types": len(coarse_names),
-            "models": models.to_dict()}
+    if ckpt is not None and complete:
+        ckpt.unlink(missing_ok=True)
+    return {"n_classes": n_classes, "complete": complete, "steps": total_steps, "steps_done": done,
+            "resumed_from_step": resumed_from, "checkpoint": None if ckpt is None or complete else str(ckpt),
+            "patterns_per_class": done * batch_size / n_classes, "results": results,
+            "peak_cache_seconds": round(cache_seconds, 2), "simulation_seconds": round(simulation_seconds, 2),
+            "n_structure_types": len(coarse_names), "models": models.to_dict()}
 
 
-def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int = 1500, batch_size: int = 64,
+def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int | None = None, batch_size: int = 64,
                      seed: int = 0, device: str = "cpu", test_patterns: int = 2048,
-                     models: ScalingModels | None = None, progress: bool = False) -> dict[str, Any]:
-    """Top-1/top-5, training time, inference time and size of flat, hierarchical and MoE models
-    for each number of classes in `sizes`, each on `substituted_library(size, seed)` with the
-    same budget of `steps` × `batch_size` augmented patterns (see `evaluate_size`)."""
+                     models: ScalingModels | None = None, progress: bool = False, *,
+                     patterns_per_class: int | None = None, arms: Sequence[str] = ARMS, checkpoint_dir=None,
+                     stop_after: float | None = None) -> dict[str, Any]:
+    """Top-1/top-5, training time, inference time and size of each arm for each number of classes
+    in `sizes`, each on `substituted_library(size, seed)` with the same budget for every arm:
+    `steps` batches, or `patterns_per_class` (default 100 when neither is given) patterns per
+    class on average (see `evaluate_size`). With `stop_after` (seconds for the whole call) a size
+    left unfinished is reported `"complete": false` and later sizes are not started."""
+    if steps is None and patterns_per_class is None:
+        patterns_per_class = 100
     dev = resolve_device(device)
     out: dict[str, Any] = {"device": str(dev), "hardware": _hardware(dev), "sizes": [int(s) for s in sizes],
-                           "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
-                           "test_patterns": int(test_patterns), "results": [], "libraries": []}
+                           "steps": steps, "patterns_per_class": patterns_per_class, "batch_size": int(batch_size),
+                           "seed": int(seed), "test_patterns": int(test_patterns), "arms": list(arms),
+                           "complete": True, "results": [], "libraries": []}
+    call_started = time.perf_counter()
     for size in sizes:
         t0 = time.perf_counter()
         library = substituted_library(int(size), seed)
         library_seconds = time.perf_counter() - t0
         if progress:
             print(f"{size} classes: library in {library_seconds:.1f} s; training ...", flush=True)
-        report = evaluate_size(library, steps, batch_size, seed, device, test_patterns, models)
+        left = None if stop_after is None else max(0.0, stop_after - (time.perf_counter() - call_started))
+        report = evaluate_size(library, steps, batch_size, seed, device, test_patterns, models,
+                               patterns_per_class=patterns_per_class, arms=arms, checkpoint_dir=checkpoint_dir,
+                               stop_after=left, progress=progress)
         out["results"].extend(report.pop("results"))
         out["models"] = report.pop("models")
         out["libraries"].append({**report, "library_seconds": round(library_seconds, 2)})
+        if not report["complete"]:
+            out["complete"] = False
+            break
     return out
 
 
@@ -525,9 +678,11 @@ def evaluate_scaling(sizes: Sequence[int] = (100, 1000, 10000), steps: int = 150
 
 
 __all__ = [
+    "ARMS",
     "FAMILIES",
     "SUBSTITUTION_POOL",
     "ScalingModels",
+    "budget_steps",
     "evaluate_scaling",
     "evaluate_size",
     "structure_types",

@@ -10,10 +10,13 @@ from pymatgen.core import Element
 
 from xrd_nexus_ml.cli import build_parser
 from xrd_nexus_ml.evaluation.scaling import (
+    ARMS,
     FAMILIES,
     SUBSTITUTION_POOL,
     ScalingModels,
+    budget_steps,
     evaluate_scaling,
+    evaluate_size,
     structure_types,
     substituted_library,
     substitution_family,
@@ -113,22 +116,27 @@ def test_a_size_below_one_is_refused():
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def test_three_models_measured_on_one_budget(scaling):
+def test_four_models_measured_on_one_budget(scaling):
     assert scaling["sizes"] == [12] and scaling["steps"] == 60 and scaling["batch_size"] == 16
-    assert scaling["device"] == "cpu" and scaling["hardware"]["torch_threads"] >= 1
+    assert scaling["device"] == "cpu" and scaling["hardware"]["torch_threads"] >= 1 and scaling["complete"]
     rows = scaling["results"]
-    assert [r["model"] for r in rows] == ["flat", "hierarchical", "moe"]
+    assert [r["model"] for r in rows] == list(ARMS) == ["flat", "hierarchical", "moe", "moe_expert_first"]
     for r in rows:
         assert KEYS <= set(r)
         assert r["n_classes"] == 12
         assert 0.0 <= r["top1"] <= r["top5"] <= 1.0
         assert r["n_test_patterns"] == 48  # every class four times
         assert r["train_seconds"] > 0 and r["ms_per_pattern"] > 0 and r["n_parameters"] > 0
-    moe = rows[2]
-    assert moe["n_experts"] == len(substituted_library(12, seed=0).experts())
-    assert moe["n_parameters"] > rows[0]["n_parameters"]  # one tail per element expert
+    for moe in rows[2:]:
+        assert moe["n_experts"] == len(substituted_library(12, seed=0).experts())
+        assert moe["n_parameters"] > rows[0]["n_parameters"]  # one tail per element expert
+        # the gate's share of the error and the experts' share, apart
+        assert 0.0 <= moe["routing_recall"] <= 1.0 and 0.0 <= moe["top1_perfect_routing"] <= 1.0
+    assert rows[2]["recipe"]["recipe"] == "joint" and rows[3]["recipe"]["recipe"] == "expert_first"
+    assert [stage for stage, _ in rows[3]["recipe"]["plan"]] == ["experts", "gate", "joint"]
     lib = scaling["libraries"][0]
     assert lib["n_classes"] == 12 and lib["simulation_seconds"] > 0
+    assert lib["steps_done"] == 60 and lib["patterns_per_class"] == pytest.approx(60 * 16 / 12)
     json.dumps(scaling)  # the CLI prints it as it is
 
 
@@ -145,7 +153,42 @@ def test_command_line_prints_json(capsys):
     assert args.sizes == [6]
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in out["results"]] == ["flat", "hierarchical", "moe"]
+    assert [r["model"] for r in out["results"]] == list(ARMS)
     assert all(r["n_classes"] == 6 for r in out["results"])
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "scaling", "--sizes", "ten"])
+
+
+
+def test_budget_in_patterns_per_class():
+    assert budget_steps(10_000, 64, patterns_per_class=100) == 15_625  # each class 100 times on average
+    assert budget_steps(100, 64, steps=7) == 7
+    with pytest.raises(ValueError, match="either"):
+        budget_steps(100, 64, steps=7, patterns_per_class=3)
+    with pytest.raises(ValueError, match="positive"):
+        budget_steps(100, 64, patterns_per_class=0)
+
+
+def test_an_interrupted_run_is_tested_as_it_is_and_resumes_to_the_same_end(tmp_path):
+    """stop_after=0 stops after one step: the result says so, the checkpoint holds the step, and
+    the same call resumes from it."""
+    library = substituted_library(6, seed=0)
+    kwargs = dict(steps=4, batch_size=4, seed=0, test_patterns=6, models=SMALL,
+                  arms=("hierarchical", "moe_expert_first"), checkpoint_dir=tmp_path)
+    first = evaluate_size(library, stop_after=0.0, **kwargs)
+    assert not first["complete"] and first["steps_done"] == 1 and first["steps"] == 4
+    assert first["resumed_from_step"] == 0
+    assert first["checkpoint"] and (tmp_path / first["checkpoint"].rsplit("/", 1)[-1]).is_file()
+    assert [r["model"] for r in first["results"]] == ["hierarchical", "moe_expert_first"]  # tested as they are
+    second = evaluate_size(library, **kwargs)
+    assert second["complete"] and second["steps_done"] == 4 and second["checkpoint"] is None
+    assert second["resumed_from_step"] == 1
+    assert not list(tmp_path.glob("*.pt"))  # a finished run leaves no checkpoint behind
+    moe_first = next(r for r in first["results"] if r["model"] == "moe_expert_first")
+    moe_second = next(r for r in second["results"] if r["model"] == "moe_expert_first")
+    assert moe_second["final_loss"] is not None and moe_first["final_loss"] is not None
+
+
+def test_unknown_models_are_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate_size(substituted_library(6, seed=0), steps=1, batch_size=4, models=SMALL, arms=("moe", "resnet"))
