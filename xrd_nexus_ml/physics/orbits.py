@@ -87,18 +87,19 @@ class LaueTable:
         self.bounds = (0, 0, 0)
         self.reps = np.zeros((0, 3), dtype=np.int64)
         self.sizes = np.zeros(0, dtype=np.int64)
+        self.extent = np.zeros((0, 3), dtype=np.int16)  # |h|, |k|, |l| of each representative
         self._allowed: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def ensure(self, bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Grow the table to cover `bounds` (with headroom) if it does not yet; returns (reps, sizes)
-        as they are now (rows are only ever appended, so a caller's copy stays consistent)."""
+    def ensure(self, bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grow the table to cover `bounds` (with headroom) if it does not yet; returns (reps, sizes,
+        extent) as they are now (rows are only ever appended, so a caller's copy stays consistent)."""
         if any(b > have for b, have in zip(bounds, self.bounds)):
             with self._lock:
                 if any(b > have for b, have in zip(bounds, self.bounds)):
                     self._grow(tuple(max(have, math.ceil(b * (1 + _GROWTH)), 16)
                                      for b, have in zip(bounds, self.bounds)))
-        return self.reps, self.sizes
+        return self.reps, self.sizes, self.extent
 
     def _grow(self, grown: tuple[int, int, int]) -> None:
         box = half_space_box(grown)
@@ -114,15 +115,16 @@ class LaueTable:
         # most rows, so the later (more numerous) comparisons run on the survivors only
         alive = np.arange(len(box))
         for start in range(0, rotated.shape[1] if len(self.rotations) > 2 else 0, 4):  # -1: the half-space
-            keys = box_f[alive] @ rotated[:, start : start + 4]
+            keys = box_f[alive] @ np.ascontiguousarray(rotated[:, start : start + 4])  # BLAS needs contiguous
             alive = alive[(keys <= own[alive, None]).all(axis=1)]
         fixed = ((box_f[alive] @ rotated) == own[alive, None]).sum(axis=1)
         canonical = alive
         reps = np.concatenate([self.reps, box[canonical]])
         sizes = np.concatenate([self.sizes, len(self.rotations) // fixed])
-        reps.setflags(write=False)
-        sizes.setflags(write=False)
-        self.reps, self.sizes, self.bounds = reps, sizes, grown
+        extent = np.abs(reps).astype(np.int16)
+        for a in (reps, sizes, extent):
+            a.setflags(write=False)
+        self.reps, self.sizes, self.extent, self.bounds = reps, sizes, extent, grown
 
     def allowed(self, sg: int, n: int) -> np.ndarray:
         """Which of the first `n` representatives `sg` does not extinguish (absence is a property
@@ -168,6 +170,26 @@ def orbit_rotations(space_groups, device) -> torch.Tensor:
     return torch.as_tensor(np.stack([_tiled_rotations(sg) for sg in space_groups]), device=device)
 
 
+def hkl_bounds(lattice, q_max: float):
+    """Largest |h|, |k|, |l| a reflection with q <= q_max can have: floor(q_max |a| / 2π), (..., 3)."""
+    lengths = lattice.norm(dim=-1) if isinstance(lattice, torch.Tensor) else np.linalg.norm(lattice, axis=-1)
+    scaled = q_max / (2.0 * math.pi) * lengths + 1e-9
+    return scaled.floor().long() if isinstance(scaled, torch.Tensor) else np.floor(scaled).astype(np.int64)
+
+
+def prepare_tables(lattices: np.ndarray, space_groups, q_max: float) -> None:
+    """Grow each Laue group's table once for all of these structures (a stream's window), instead
+    of step by step as batches of ever larger cells arrive."""
+    bounds = hkl_bounds(np.asarray(lattices, dtype=float).reshape(-1, 3, 3), q_max)
+    most: dict[bytes, np.ndarray] = {}
+    for b, sg in zip(bounds, space_groups):
+        if sg is not None:
+            key = laue_rotations(sg).tobytes()
+            most[key] = np.maximum(most.get(key, b), b)
+    for key, b in most.items():
+        _table_for_key(key).ensure(tuple(int(x) for x in b))
+
+
 def _g2(hkl: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
     """|g|² = hᵀ G* h for candidates hkl (M, 3) and metrics (b, 3, 3): (b, M), one matmul."""
     h, k, l = hkl.to(metric.dtype).unbind(-1)  # noqa: E741
@@ -203,8 +225,7 @@ def enumerate_orbits(lattice: torch.Tensor, space_groups, q_max: float, q_min: f
     g_max, g_min = q_max / (2.0 * math.pi), q_min / (2.0 * math.pi)
     recip = torch.linalg.inv(lattice).transpose(-1, -2)
     metric = recip @ recip.transpose(1, 2)  # (B, 3, 3)
-    lengths = torch.linalg.norm(lattice, dim=-1)  # (B, 3) |a|, |b|, |c|
-    bounds_all = torch.floor(g_max * lengths + 1e-9).long().cpu().numpy()
+    bounds_all = hkl_bounds(lattice, q_max).cpu().numpy()  # (B, 3)
     groups: dict[bytes | None, list[int]] = {}
     for i, sg in enumerate(space_groups):
         groups.setdefault(None if sg is None else laue_rotations(sg).tobytes(), []).append(i)
@@ -217,8 +238,8 @@ def enumerate_orbits(lattice: torch.Tensor, space_groups, q_max: float, q_min: f
             allowed = None
         else:
             table = _table_for_key(key)
-            reps, sizes = table.ensure(bounds)
-            near = np.flatnonzero((np.abs(reps) <= np.asarray(bounds)).all(axis=1))
+            reps, sizes, extent = table.ensure(bounds)
+            near = np.flatnonzero((extent <= np.asarray(bounds, dtype=np.int16)).all(axis=1))
             cand, size = reps[near], sizes[near]
             distinct = sorted({space_groups[i] for i in rows})
             masks = np.stack([table.allowed(sg, len(reps))[near] for sg in distinct])

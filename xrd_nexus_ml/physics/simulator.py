@@ -22,7 +22,7 @@ from xrd_nexus_ml.device import resolve_device
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid, resolve_wavelength
 from xrd_nexus_ml.physics.crystal import CrystalArrays, CrystalBatch, as_crystal_arrays
 from xrd_nexus_ml.physics.diffraction import reflection_intensities
-from xrd_nexus_ml.physics.orbits import reflection_saving
+from xrd_nexus_ml.physics.orbits import prepare_tables, reflection_saving
 from xrd_nexus_ml.physics.peaks import PeakList
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid, RenderSettings, render
 
@@ -150,12 +150,12 @@ class PowderSimulator:
 
     def _simulate_window(self, window, augment, generator):
         settings = self.settings
-
-        def work(crystal: CrystalArrays) -> tuple[float, int]:
-            return _work_estimate(crystal, settings.q_min, settings.q_max, self.use_symmetry)
-
-        window.sort(key=lambda pair: _batch_order(work(pair[1])))
-        for chunk in _balanced_batches(window, self.batch_size, work):
+        if self.use_symmetry:
+            q_max = min(settings.q_max, 4.0 * math.pi / settings.wavelength)
+            prepare_tables(np.stack([c.lattice for _, c in window]), [c.space_group for _, c in window], q_max)
+        work = {i: _work_estimate(c, settings.q_min, settings.q_max, self.use_symmetry) for i, c in window}
+        window.sort(key=lambda pair: _batch_order(work[pair[0]]))
+        for chunk in _balanced_batches(window, self.batch_size, lambda index: work[index]):
             state = self.run([c for _, c in chunk], augment=augment, generator=generator)
             yield [i for i, _ in chunk], state
 
@@ -202,14 +202,14 @@ BATCH_OVERHEAD = 2e5
 
 
 def _balanced_batches(items: list, batch_size: int, work_estimate, max_padding: float = 2.0):
-    """Cut a sorted list into batches of at most `batch_size`, starting a new batch early when
+    """Cut a sorted list of (index, structure) into batches of at most `batch_size`, starting a new batch early when
     padding every row to the batch's most reflections and most atoms would cost more than
     `max_padding` x the real work (plus one batch's overhead): a few very large cells then come
-    in small batches instead of inflating a big one."""
+    in small batches instead of inflating a big one. work_estimate: index -> (reflections, atoms)."""
     batch: list = []
     total, most_reflections, most_atoms = 0.0, 0.0, 0
     for item in items:
-        reflections, atoms = work_estimate(item[1])
+        reflections, atoms = work_estimate(item[0])
         m, n = max(most_reflections, reflections), max(most_atoms, atoms)
         if batch and (len(batch) >= batch_size
                       or (len(batch) + 1) * m * n > max_padding * (total + reflections * atoms) + BATCH_OVERHEAD):
