@@ -21,7 +21,7 @@ from xrd_nexus_ml.physics.peaks import PeakList
 #: Upper bound on elements of the (B, M, N) phase tensor evaluated at once; bounds memory.
 PHASE_CHUNK_ELEMENTS = 2**24
 #: The same on a CPU: small enough that the phase, cosine and sine chunks stay in cache (1 MB
-#: each in float32; measured 2.4x faster than 2**24 on synthetic crystals, 2 cores).
+#: each in float32; a warm pass over synthetic crystals ran 1.2x faster than with 2**24).
 PHASE_CHUNK_ELEMENTS_CPU = 2**18
 
 
