@@ -116,7 +116,7 @@ def cmd_bench(args) -> int:
     from xrd_nexus_ml.references import aflow_prototypes
 
     if args.bench == "synthetic":
-        result = bench_synthetic(n_crystals=args.n, batch_size=args.batch_size)
+        result = bench_synthetic(n_crystals=args.n, batch_size=args.batch_size, use_symmetry=not args.no_symmetry)
         print_json(result)
         return 0
     structures = [s for _, s in aflow_prototypes()]
@@ -183,6 +183,9 @@ def add_parsers(sub, bench) -> None:
     b = bench.add_parser("synthetic", help="random-crystal generator and simulation throughput (JSON)")
     b.add_argument("--n", type=int, default=1000, help="crystals to generate")
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--no-symmetry", action="store_true",
+                   help="compute every Friedel pair instead of one reflection per symmetry orbit (the reference path)")
+    b.add_argument("--json", action="store_true", help="accepted like the other benches' --json (output is JSON)")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("stream", help="stream many simulations and report resident-memory growth")
     b.add_argument("--n", type=int, default=100_000, help="patterns to simulate (cycling the AFLOW prototypes)")

@@ -7,7 +7,8 @@ and what was drawn is recorded per pattern in `state.extras[<transform name>]`.
 
 Stage "crystal" (the `CrystalBatch`)
     RandomDebyeWaller     isotropic B factors per structure or per element
-Stage "reflections" (every Friedel-unique reflection, before symmetry equivalents merge)
+Stage "reflections" (a row per Friedel pair, or per symmetry orbit of a crystal with a known
+space group (`PeakList.orbit_rotations`), before equal q merge)
     PreferredOrientation  March–Dollase texture about a low-index direction
 Stage "peaks" (merged stick pattern: q, integrated intensity, hkl)
     LatticeStrain         d -> d (1 + ε): isotropic, or per cell edge ("anisotropic")
@@ -351,7 +352,8 @@ class PreferredOrientation(Transform):
     the preferred-orientation vector (a reciprocal-lattice direction). r < 1: platelets
     lying flat with the preferred vector along the normal (reflections along it enhanced up
     to r^-3); r > 1: needles. P averages to 1 over orientations, so the total intensity is
-    kept. Applied before symmetry equivalents merge, so each equivalent gets its own α.
+    kept. Applied before symmetry equivalents merge, so each equivalent gets its own α (a row
+    that stands for a whole orbit gets the mean of its members' factors).
     r_range: dimensionless, 1 = random powder; 0.7-1.3 is mild to moderate texture of
     a packed lab sample (capillaries and spun samples: closer to 1).
     directions: low-index hkl the preferred vector is drawn from, or None for any hkl with
@@ -387,10 +389,17 @@ class PreferredOrientation(Transform):
         recip = refl.reciprocal_lattice.to(dtype)
         g = torch.bmm(refl.hkl.to(dtype), recip)  # (B, M, 3) Cartesian scattering vectors / 2π
         g_pref = torch.bmm(direction.to(dtype).unsqueeze(1), recip)  # (B, 1, 3)
-        cos = (g * g_pref).sum(-1).abs() / (g.norm(dim=-1) * g_pref.norm(dim=-1)).clamp_min(1e-12)
+        norms = (g.norm(dim=-1) * g_pref.norm(dim=-1)).clamp_min(1e-12)  # (B, M)
+        if refl.orbit_rotations is None:
+            cos = (g * g_pref).sum(-1).abs() / norms
+        else:  # each row is an orbit {hR}: g(hR)·p = h·(R a* p); |g| is the same for all of it
+            rotated = refl.orbit_rotations.to(dtype) @ (recip @ g_pref.transpose(1, 2)).unsqueeze(1)  # (B, R, 3, 1)
+            cos = torch.bmm(refl.hkl.to(dtype), rotated.squeeze(-1).transpose(1, 2)).abs() / norms.unsqueeze(-1)
         cos2 = cos.clamp(0.0, 1.0) ** 2
-        rr = r.unsqueeze(1)
+        rr = r.view(-1, *([1] * (cos2.dim() - 1)))
         factor = (rr**2 * cos2 + (1.0 - cos2) / rr) ** -1.5
+        if refl.orbit_rotations is not None:
+            factor = factor.mean(-1)  # the orbit's intensity is shared equally by its members
         intensity = torch.where(active.unsqueeze(1), refl.intensity * factor, refl.intensity)
         state = replace(state, reflections=refl.replace(intensity=intensity))
         return state, {"r": r, "direction": direction}

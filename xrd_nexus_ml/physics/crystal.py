@@ -27,6 +27,10 @@ class CrystalArrays:
     occupancy: np.ndarray  # (N,)
     b_factors: np.ndarray  # (N,) isotropic Debye-Waller B in Å²
     name: str = ""
+    # A space group whose standard-setting rotations map the structure onto itself (as the
+    # synthetic generator guarantees); lets the simulator compute one reflection per orbit.
+    # None: not known, every Friedel pair is computed.
+    space_group: int | None = None
 
     @classmethod
     def from_structure(cls, structure, name: str | None = None, b_factors: dict[str, float] | None = None):
@@ -57,7 +61,8 @@ class CrystalArrays:
         )
 
     @classmethod
-    def from_arrays(cls, lattice, frac_coords, atomic_numbers, occupancy=None, b_factors=None, name=""):
+    def from_arrays(cls, lattice, frac_coords, atomic_numbers, occupancy=None, b_factors=None, name="",
+                    space_group: int | None = None):
         n = len(atomic_numbers)
         return cls(
             lattice=np.asarray(lattice, dtype=float).reshape(3, 3),
@@ -66,6 +71,7 @@ class CrystalArrays:
             occupancy=np.ones(n) if occupancy is None else np.asarray(occupancy, dtype=float),
             b_factors=np.zeros(n) if b_factors is None else np.asarray(b_factors, dtype=float),
             name=name,
+            space_group=None if space_group is None else int(space_group),
         )
 
     @cached_property
@@ -74,9 +80,12 @@ class CrystalArrays:
 
 
 def as_crystal_arrays(item) -> CrystalArrays:
-    """Accept CrystalArrays, a pymatgen Structure, or anything with lattice/frac_coords/atomic_numbers."""
+    """Accept CrystalArrays, a pymatgen Structure, anything with lattice/frac_coords/atomic_numbers,
+    or an object that converts itself (`to_crystal_arrays()`, e.g. a synthetic crystal with its space group)."""
     if isinstance(item, CrystalArrays):
         return item
+    if hasattr(item, "to_crystal_arrays"):
+        return item.to_crystal_arrays()
     if hasattr(item, "sites") and hasattr(item, "lattice"):
         return CrystalArrays.from_structure(item)
     if hasattr(item, "atomic_numbers") and hasattr(item, "frac_coords"):
@@ -94,6 +103,7 @@ class CrystalBatch:
     occupancy: torch.Tensor  # (B, N)
     b_factors: torch.Tensor  # (B, N) Å²
     names: tuple[str, ...] = ()
+    space_groups: tuple[int | None, ...] = ()  # per structure, see CrystalArrays; empty: none known
 
     @classmethod
     def from_items(
@@ -128,6 +138,7 @@ class CrystalBatch:
             occupancy=as_t(occ),
             b_factors=as_t(bfac),
             names=tuple(c.name for c in crystals),
+            space_groups=tuple(c.space_group for c in crystals),
         )
 
     def __len__(self) -> int:
@@ -141,6 +152,11 @@ class CrystalBatch:
     def reciprocal_lattice(self) -> torch.Tensor:
         """(B, 3, 3) rows a*, b*, c* without the 2π (crystallographic convention: a·a* = 1)."""
         return torch.linalg.inv(self.lattice).transpose(-1, -2)
+
+    @property
+    def known_space_groups(self) -> tuple[int | None, ...]:
+        """One entry per structure (None where unknown), also for batches built without them."""
+        return self.space_groups if len(self.space_groups) == len(self) else (None,) * len(self)
 
     def with_b_factors(self, b_factors: torch.Tensor) -> CrystalBatch:
         return replace(self, b_factors=b_factors)

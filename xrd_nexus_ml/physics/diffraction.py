@@ -2,8 +2,9 @@
 
 Same physics as pymatgen's XRDCalculator (its form factors, its unpolarised-beam Lorentz-
 polarisation factor, isotropic Debye-Waller factors), evaluated for a whole batch of
-structures with tensor operations: only Friedel-unique reflections are computed (I(hkl) =
-I(-h-k-l) without anomalous scattering) and counted twice.
+structures with tensor operations. Structures with a known space group get one reflection per
+orbit of their Laue group, absent orbits dropped (`physics.orbits`); the others get every
+Friedel-unique reflection (I(hkl) = I(-h-k-l) without anomalous scattering), counted twice.
 """
 
 from __future__ import annotations
@@ -14,56 +15,14 @@ import torch
 
 from xrd_nexus_ml.physics.crystal import CrystalBatch
 from xrd_nexus_ml.physics.form_factors import form_factor_table
+from xrd_nexus_ml.physics.orbits import enumerate_orbits, orbit_rotations
 from xrd_nexus_ml.physics.peaks import PeakList
 
 #: Upper bound on elements of the (B, M, N) phase tensor evaluated at once; bounds memory.
 PHASE_CHUNK_ELEMENTS = 2**24
-
-
-def _half_space_box(h_max: int, k_max: int, l_max: int, device) -> torch.Tensor:
-    """Integer hkl with |h|<=h_max..., one of each Friedel pair, without 000: (M, 3)."""
-    h = torch.arange(0, h_max + 1, device=device)
-    k = torch.arange(-k_max, k_max + 1, device=device)
-    l = torch.arange(-l_max, l_max + 1, device=device)  # noqa: E741
-    hkl = torch.cartesian_prod(h, k, l)
-    hh, kk, ll = hkl.unbind(-1)
-    half = (hh > 0) | ((hh == 0) & (kk > 0)) | ((hh == 0) & (kk == 0) & (ll > 0))
-    return hkl[half]
-
-
-def enumerate_reflections(crystals: CrystalBatch, q_max: float, q_min: float = 0.0):
-    """Friedel-unique hkl with q_min <= q <= q_max for each structure, packed to (B, M, 3).
-
-    Returns (hkl, q, valid). |h| <= q_max |a| / 2π bounds the search box of each structure;
-    the batch shares the largest box, one more reason the simulator batches structures of
-    similar size together.
-    """
-    g_max = q_max / (2.0 * math.pi)
-    lengths = torch.linalg.norm(crystals.lattice, dim=-1)  # (B, 3) |a|, |b|, |c|
-    bounds = torch.floor(g_max * lengths.amax(0) + 1e-9).long().tolist()
-    box = _half_space_box(*bounds, device=crystals.device)  # (Mbox, 3)
-    # |g|² = hᵀ G* h with the reciprocal metric G*: one (Mbox, 6) x (6, B) product for the batch
-    recip = crystals.reciprocal_lattice
-    metric = recip @ recip.transpose(1, 2)  # (B, 3, 3)
-    h, k, l = box.to(metric.dtype).unbind(-1)  # noqa: E741
-    monomials = torch.stack([h * h, k * k, l * l, 2 * h * k, 2 * h * l, 2 * k * l], dim=1)
-    terms = torch.stack(
-        [metric[:, 0, 0], metric[:, 1, 1], metric[:, 2, 2], metric[:, 0, 1], metric[:, 0, 2], metric[:, 1, 2]]
-    )
-    g2 = (monomials @ terms).T  # (B, Mbox)
-    g_min = q_min / (2.0 * math.pi)
-    inside = (g2 <= g_max**2) & (g2 >= g_min**2) & (g2 > 0)
-    # compact the reflections inside the shell to the front of each row, in box order
-    slot = torch.cumsum(inside, dim=1) - 1
-    m = max(int(slot[:, -1].max().item()) + 1, 1)
-    slot = torch.where(inside, slot, torch.full_like(slot, m))  # outside -> spill column
-    box_index = torch.arange(box.shape[0], device=box.device).expand_as(slot)
-    source = torch.zeros(len(crystals), m + 1, dtype=torch.long, device=box.device).scatter_(1, slot, box_index)
-    valid = torch.zeros(len(crystals), m + 1, dtype=torch.bool, device=box.device).scatter_(1, slot, inside)
-    source, valid = source[:, :m], valid[:, :m]
-    hkl = box[source]  # (B, M, 3)
-    q = 2.0 * math.pi * torch.sqrt(torch.gather(g2, 1, source).clamp_min(0))
-    return hkl, torch.where(valid, q, torch.zeros_like(q)), valid
+#: The same on a CPU: small enough that the phase, cosine and sine chunks stay in cache (1 MB
+#: each in float32; a warm pass over synthetic crystals ran 1.2x faster than with 2**24).
+PHASE_CHUNK_ELEMENTS_CPU = 2**18
 
 
 def lorentz_polarisation(two_theta_rad: torch.Tensor) -> torch.Tensor:
@@ -105,7 +64,8 @@ def structure_factor_squared(crystals: CrystalBatch, hkl: torch.Tensor, q: torch
     weights = torch.nn.functional.one_hot(atom_species, n_species).to(dtype) * crystals.occupancy.unsqueeze(-1)
     coords_t = crystals.frac_coords.transpose(1, 2)
     n_batch, n_atoms = atom_species.shape
-    chunk = max(1, PHASE_CHUNK_ELEMENTS // max(1, n_batch * n_atoms))
+    budget = PHASE_CHUNK_ELEMENTS_CPU if crystals.device.type == "cpu" else PHASE_CHUNK_ELEMENTS
+    chunk = max(1, budget // max(1, n_batch * n_atoms))
     out = []
     for start in range(0, hkl.shape[1], chunk):
         hkl_c = hkl[:, start : start + chunk].to(dtype)  # (B, m, 3)
@@ -120,15 +80,21 @@ def structure_factor_squared(crystals: CrystalBatch, hkl: torch.Tensor, q: torch
     return torch.cat(out, dim=1)
 
 
-def reflection_intensities(crystals: CrystalBatch, wavelength: float, q_max: float, q_min: float = 0.0) -> PeakList:
-    """Integrated intensity of every reflection (Friedel pairs counted once, ×2) up to q_max.
+def reflection_intensities(
+    crystals: CrystalBatch, wavelength: float, q_max: float, q_min: float = 0.0, use_symmetry: bool = True
+) -> PeakList:
+    """Integrated intensity of every reflection up to q_max: one row per orbit of the Laue group
+    where the space group is known (and `use_symmetry`), one per Friedel pair (×2) otherwise.
 
     q_max is capped at 4π/λ, the largest q the wavelength can reach.
     """
     q_max = min(q_max, 4.0 * math.pi / wavelength * (1 - 1e-9))
-    hkl, q, valid = enumerate_reflections(crystals, q_max=q_max, q_min=q_min)
+    space_groups = crystals.known_space_groups if use_symmetry else (None,) * len(crystals)
+    hkl, q, weight = enumerate_orbits(crystals.lattice, space_groups, q_max=q_max, q_min=q_min)
     f2 = structure_factor_squared(crystals, hkl, q)
     sin_theta = (q * wavelength / (4.0 * math.pi)).clamp(1e-6, 1 - 1e-9)
     lp = lorentz_polarisation(2.0 * torch.asin(sin_theta))
-    intensity = torch.where(valid, 2.0 * f2 * lp, torch.zeros_like(f2))
-    return PeakList(q=q, intensity=intensity, hkl=hkl, reciprocal_lattice=crystals.reciprocal_lattice)
+    intensity = torch.where(weight > 0, weight * f2 * lp, torch.zeros_like(f2))
+    rotations = None if all(sg is None for sg in space_groups) else orbit_rotations(space_groups, crystals.device)
+    return PeakList(q=q, intensity=intensity, hkl=hkl, reciprocal_lattice=crystals.reciprocal_lattice,
+                    orbit_rotations=rotations)

@@ -14,12 +14,19 @@ import torch
 
 @dataclass(frozen=True)
 class PeakList:
-    """B stick patterns of M peaks each. `hkl` is one representative reflection per peak."""
+    """B stick patterns of M peaks each. `hkl` is one representative reflection per peak.
+
+    `orbit_rotations` (B, R, 3, 3), when set, says that each row stands for the whole orbit
+    {hkl·R} of its pattern's rotations (tiled so every distinct reflection appears equally often)
+    and its intensity is the orbit's sum: orientation-dependent effects average over the rows.
+    None: each row is one reflection (or Friedel pair, or merged peak).
+    """
 
     q: torch.Tensor  # (B, M) Å^-1
     intensity: torch.Tensor  # (B, M), 0 for padding
     hkl: torch.Tensor  # (B, M, 3) long
     reciprocal_lattice: torch.Tensor  # (B, 3, 3) rows a*, b*, c* (no 2π), for orientation-dependent effects
+    orbit_rotations: torch.Tensor | None = None  # (B, R, 3, 3) long
 
     def __len__(self) -> int:
         return int(self.q.shape[0])
@@ -38,7 +45,10 @@ class PeakList:
         return replace(self, **changes)
 
     def concatenate(self, other: PeakList) -> PeakList:
-        """Peaks of both lists per pattern (e.g. a main phase and an impurity)."""
+        """Peaks of both lists per pattern (e.g. a main phase and an impurity); lists of single
+        reflections or merged peaks only (an orbit's rotations belong to its own list)."""
+        if self.orbit_rotations is not None or other.orbit_rotations is not None:
+            raise ValueError("concatenate merged peak lists, not per-orbit reflections")
         return replace(
             self,
             q=torch.cat([self.q, other.q], dim=1),
@@ -78,6 +88,7 @@ class PeakList:
             q=torch.where(valid, merged_q, torch.zeros_like(merged_q)),
             intensity=torch.where(valid, merged_i[:, :n_groups], torch.zeros_like(merged_q)),
             hkl=torch.gather(hkl, 1, first.unsqueeze(-1).expand(-1, -1, 3)) * valid.unsqueeze(-1),
+            orbit_rotations=None,
         )
 
     def without_weak(self, relative: float = 1e-6) -> PeakList:

@@ -2,7 +2,7 @@
 
 Training, tests, the simulated beamline and the benchmarks all call this. Structures are
 streamed in batches (memory is bounded by `batch_size`, never by the number of structures),
-and within a stream they are grouped by cell volume x atoms so a batch carries little padding.
+and within a stream they are grouped by atoms and expected reflections so a batch carries little padding.
 Augmentations hook in at four stages: the crystal (e.g. Debye-Waller factors), the individual
 reflections (preferred orientation), the merged peaks (shifts, strain, peak loss, impurity)
 and the rendered pattern (background, noise, masking); see `physics.augment`.
@@ -11,6 +11,7 @@ and the rendered pattern (background, noise, masking); see `physics.augment`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from xrd_nexus_ml.device import resolve_device
 from xrd_nexus_ml.pattern import CANONICAL_GRID, Diffractogram, QGrid, resolve_wavelength
 from xrd_nexus_ml.physics.crystal import CrystalArrays, CrystalBatch, as_crystal_arrays
 from xrd_nexus_ml.physics.diffraction import reflection_intensities
+from xrd_nexus_ml.physics.orbits import prepare_tables, reflection_saving
 from xrd_nexus_ml.physics.peaks import PeakList
 from xrd_nexus_ml.physics.profiles import PeakProfile, RenderGrid, RenderSettings, render
 
@@ -45,7 +47,9 @@ class PowderSimulator:
     """Batched kinematic powder simulator.
 
     wavelength: Å or an anode name ('CuKa'). grid: a `RenderGrid` (2θ or q); defaults to the
-    canonical q grid. profile: peak shape and widths. batch_size bounds memory.
+    canonical q grid. profile: peak shape and widths. batch_size bounds memory. use_symmetry:
+    one reflection per orbit for structures with a known space group (False: every Friedel
+    pair, the reference the orbit path is tested against).
     """
 
     wavelength: float | str = "CuKa"
@@ -54,6 +58,7 @@ class PowderSimulator:
     device: torch.device | str | None = None
     dtype: torch.dtype = torch.float32
     batch_size: int = 128
+    use_symmetry: bool = True
 
     def __post_init__(self):
         self.wavelength = resolve_wavelength(self.wavelength)
@@ -70,9 +75,11 @@ class PowderSimulator:
         return CrystalBatch.from_items(structures, device=self.device, dtype=self.dtype)
 
     def reflections(self, crystals: CrystalBatch) -> PeakList:
-        """Every Friedel-unique reflection that can reach the grid, with its integrated intensity."""
+        """Every reflection that can reach the grid with its integrated intensity: one row per
+        symmetry orbit where the space group is known, per Friedel pair otherwise."""
         s = self.settings
-        return reflection_intensities(crystals, s.wavelength, q_max=s.q_max, q_min=s.q_min)
+        return reflection_intensities(crystals, s.wavelength, q_max=s.q_max, q_min=s.q_min,
+                                      use_symmetry=self.use_symmetry)
 
     def run(self, structures: Sequence, augment=None, generator: torch.Generator | None = None) -> SimulatedBatch:
         """Simulate one batch through all stages, applying `augment` (a `physics.augment` pipeline)."""
@@ -117,7 +124,7 @@ class PowderSimulator:
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Yield (indices, patterns) batches for any number of structures, holding at most
         `sort_window` batches of structures at a time. Within that window structures are
-        grouped by cell volume x atoms (padding in a batch stays small), so the indices say
+        grouped by atoms and expected reflections (padding in a batch stays small), so the indices say
         which input each row belongs to.
         """
         for indices, state in self.stream_states(structures, augment, generator, sort_window):
@@ -142,8 +149,13 @@ class PowderSimulator:
             yield from self._simulate_window(window, augment, generator)
 
     def _simulate_window(self, window, augment, generator):
-        window.sort(key=lambda pair: _work_estimate(pair[1]))
-        for chunk in _balanced_batches(window, self.batch_size):
+        settings = self.settings
+        if self.use_symmetry:
+            q_max = min(settings.q_max, 4.0 * math.pi / settings.wavelength)
+            prepare_tables(np.stack([c.lattice for _, c in window]), [c.space_group for _, c in window], q_max)
+        work = {i: _work_estimate(c, settings.q_min, settings.q_max, self.use_symmetry) for i, c in window}
+        window.sort(key=lambda pair: _batch_order(work[pair[0]]))
+        for chunk in _balanced_batches(window, self.batch_size, lambda index: work[index]):
             state = self.run([c for _, c in chunk], augment=augment, generator=generator)
             yield [i for i, _ in chunk], state
 
@@ -170,24 +182,41 @@ class PowderSimulator:
         return d.normalised("max") if normalise else d
 
 
-def _work_estimate(crystal: CrystalArrays) -> float:
-    """Reflections x atoms: reflections up to a fixed q scale with the cell volume."""
-    return crystal.volume * len(crystal.atomic_numbers)
+def _work_estimate(crystal: CrystalArrays, q_min: float, q_max: float, use_symmetry: bool = True) -> tuple[float, int]:
+    """(reflections, atoms): the structure-factor work is their product. Reflections are those of
+    the q shell in the Friedel half of reciprocal space, fewer by the orbit path's saving."""
+    shell = 4.0 * math.pi / 3.0 * ((q_max / (2 * math.pi)) ** 3 - (q_min / (2 * math.pi)) ** 3)
+    saving = reflection_saving(crystal.space_group) if use_symmetry else 1.0
+    return shell * crystal.volume / 2.0 / saving, len(crystal.atomic_numbers)
 
 
-def _balanced_batches(items: list, batch_size: int, max_padding: float = 2.0):
-    """Cut a work-sorted list into batches of at most `batch_size`, starting a new batch early
-    when padding every row to the largest would cost more than `max_padding` x the real work
-    (a few very large cells then come in small batches instead of inflating a big one)."""
+def _batch_order(work: tuple[float, int]) -> tuple[int, float]:
+    """Sort key: atoms by powers of two, then reflections, so a batch pads little in either."""
+    reflections, atoms = work
+    return int(atoms).bit_length(), reflections
+
+
+#: Work (reflections x atoms) one more batch costs in fixed overhead: cutting a batch early
+#: pays only when padding would waste more than this.
+BATCH_OVERHEAD = 2e5
+
+
+def _balanced_batches(items: list, batch_size: int, work_estimate, max_padding: float = 2.0):
+    """Cut a sorted list of (index, structure) into batches of at most `batch_size`, starting a new batch early when
+    padding every row to the batch's most reflections and most atoms would cost more than
+    `max_padding` x the real work (plus one batch's overhead): a few very large cells then come
+    in small batches instead of inflating a big one. work_estimate: index -> (reflections, atoms)."""
     batch: list = []
-    total = 0.0
+    total, most_reflections, most_atoms = 0.0, 0.0, 0
     for item in items:
-        work = _work_estimate(item[1])
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * work > max_padding * (total + work)):
+        reflections, atoms = work_estimate(item[0])
+        m, n = max(most_reflections, reflections), max(most_atoms, atoms)
+        if batch and (len(batch) >= batch_size
+                      or (len(batch) + 1) * m * n > max_padding * (total + reflections * atoms) + BATCH_OVERHEAD):
             yield batch
-            batch, total = [], 0.0
+            batch, total, m, n = [], 0.0, reflections, atoms
         batch.append(item)
-        total += work
+        total += reflections * atoms
+        most_reflections, most_atoms = m, n
     if batch:
         yield batch
-

@@ -67,6 +67,7 @@ import numpy as np
 
 from xrd_nexus_ml.errors import StructureError
 from xrd_nexus_ml.physics import symmetry
+from xrd_nexus_ml.physics.crystal import CrystalArrays
 
 #: Log-normal packing factor V_cell / Σ 4/3 π r_vdW³ (see the module docstring for the fit).
 PACKING_MEDIAN = 0.52
@@ -228,6 +229,11 @@ class SyntheticCrystal:
             f"SyntheticCrystal({symmetry.space_group_symbol(self.space_group)} ({self.space_group}), "
             f"{formula}, {len(self)} atoms, V={self.volume:.1f} Å³)"
         )
+
+    def to_crystal_arrays(self):
+        """The simulator's input, carrying the space group so reflections are computed per orbit."""
+        return CrystalArrays.from_arrays(self.lattice, self.frac_coords, self.atomic_numbers,
+                                         space_group=self.space_group)
 
     def to_structure(self):
         """pymatgen Structure with the same cell, sites and order."""
