@@ -8,7 +8,9 @@
   learns which experts hold a pattern's class (a multi-label element-presence problem on the
   trunk's features, trunk frozen in inference mode so the gate sees what it will see at
   inference), then an optional short joint fine-tune at a lower learning rate. Each stage has
-  its own warm-up/cosine schedule.
+  its own warm-up/cosine schedule. A class-prototype router (`models.moe.PrototypeRouter`)
+  has an encoder of its own, so it also learns during the experts' stage, from the trunk's
+  features without sending a gradient back into them.
 
 Both keep the mixture's sparse execution: training runs each expert on its own rows only.
 A recipe's state (optimizer, schedule, stage, step) goes into `state_dict`, so a long run can
@@ -119,8 +121,9 @@ class ExpertFirstRecipe(_Recipe):
 
     def _parameters(self, stage: str):
         net = self.network
-        if stage == "experts":
-            return [*net.trunk.parameters(), *net.experts.parameters()]
+        if stage == "experts":  # a router (own encoder, detached trunk features) learns beside the experts
+            router = [] if net.router is None else list(net.router.parameters())
+            return [*net.trunk.parameters(), *net.experts.parameters(), *router]
         if stage == "gate":
             if net.router is not None:
                 return list(net.router.parameters())

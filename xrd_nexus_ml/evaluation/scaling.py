@@ -262,7 +262,7 @@ class ScalingModels:
     gate_hidden: int = 256  # as the shipped recipe (training/identify.py BuildConfig)
     inference_k: int = 4  # experts run per pattern at test time, as the shipped models
     gate_encoder: bool = False  # the gate reads an encoder of its own (`build_moe`)
-    router: bool = False  # route through class prototypes (`models.moe.PrototypeRouter`)
+    router: bool = True  # route through class prototypes (`models.moe.PrototypeRouter`); False: element gate
 
     def resolved(self) -> ScalingModels:
         return replace(self, trunk=self.trunk or default_trunk_config(), expert=self.expert or default_expert_config())

@@ -398,7 +398,9 @@ class MixtureOfExperts(nn.Module):
 
         parts="joint": mean over experts with rows of HierarchicalExpert.loss + BCE(gate clean
         logits, expert_targets) + balance_weight * load-balancing loss of the noisy gate.
-        parts="experts": the experts' term alone (trunk and experts learn; the gate is not run).
+        parts="experts": the experts' term alone (trunk and experts learn; the gate is not run,
+        but a router, which has an encoder of its own, learns beside them from the trunk's
+        features taken as they are, so the experts' stage is not a wasted stage for it).
         parts="gate": the gate's terms alone, on trunk features taken as they are (no gradient
         reaches the trunk), so a gate trained after the experts cannot undo what they learned.
         The last two are the stages of the expert-first recipe (`training.moe_recipe`)."""
@@ -433,8 +435,9 @@ class MixtureOfExperts(nn.Module):
                 losses.append(expert.loss(expert(feats.index_select(0, rows)), coarse, local))
             expert_loss = torch.stack(losses).mean() if losses else zero
         gate_bce = balance = zero
-        if parts != "experts" and self.router is not None:  # the router learns the classes themselves
-            gate_bce = self.router.loss(self.router(feats), fine_targets)
+        if self.router is not None:  # the router learns the classes themselves
+            routed = feats.detach() if parts == "experts" else feats
+            gate_bce = self.router.loss(self.router(routed), fine_targets)
         elif parts != "experts":
             gate = self.gate(self.gate_input(feats))
             gate_bce = F.binary_cross_entropy_with_logits(gate.logits, expert_targets.to(gate.logits.dtype))
