@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The identification scaling campaign on one GPU (issue 19): flat vs single hierarchical vs the
-# mixture of experts (joint and expert-first recipes) at 10^4 and 10^5 classes, top-1/top-5 on
-# fresh draws, JSON under $OUT. Fits 12 minutes: each size trains for a fixed time share and is
-# then tested as it is ("complete": false, with the patterns per class it saw, when the budget
-# was not reached); checkpoints under $OUT/ckpt let a later session resume it.
+# mixture of experts (joint and expert-first recipes) at 10^4 classes, top-1/top-5 on fresh
+# draws, JSON under $OUT. Fits one 10-minute device command: about 2 minutes to build the
+# library and its peaks, 330 s of training, then the models are tested as they are
+# ("complete": false, with the patterns per class they saw, when the budget was not reached);
+# checkpoints under $OUT/ckpt let a later session resume. 10^5 classes (SCALING_SIZES="100000
+# 20 cuda 330 512 100000") waits for a faster substituted library: it took 10 minutes on one
+# core here (2026-12-06).
 #   device: bash scripts/gpu/scaling.sh          (run's carry: [".whl"], from scripts/gpu/fetch_wheels.sh)
 #   here:   SCALING_TINY=1 PYTHON=.venv/bin/python OUT=/tmp/o bash scripts/gpu/scaling.sh
 set -euo pipefail
@@ -12,7 +15,7 @@ source scripts/gpu/prelude.sh
 if [ "${SCALING_TINY:-0}" = 1 ]; then   # classes, patterns per class, device, training seconds, batch, test patterns
     runs=("12 8 cpu 120 16 48")
 else
-    runs=("10000 100 cuda 240 256 10000" "100000 20 cuda 300 512 100000")
+    runs=("${SCALING_SIZES:-10000 100 cuda 330 256 10000}")
 fi
 for run in "${runs[@]}"; do
     read -r size ppc device seconds batch tests <<<"$run"
