@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ class FlatState:
     settings: RenderSettings
     intensity: np.ndarray | None = None  # (B, G) float32 once rendered
     mask: np.ndarray | None = None  # (B, G) bool
+    memo: dict = field(default_factory=dict)  # what transforms keep between draws (flat impurity pools)
 
 
 def _active(rng: np.random.Generator, t: Transform, n: int) -> np.ndarray:
@@ -207,14 +208,12 @@ class _FlatPool:
         self.size = len(pool)
 
 
-_POOLS: dict[int, tuple[PeakList, _FlatPool]] = {}
-
-
-def _flat_pool(t: ImpurityPhase) -> _FlatPool:
-    key = id(t.pool)
-    if key not in _POOLS or _POOLS[key][0] is not t.pool:
-        _POOLS[key] = (t.pool, _FlatPool(t.pool))
-    return _POOLS[key][1]
+def _flat_pool(t: ImpurityPhase, memo: dict) -> _FlatPool:
+    """The transform's pool as a flat list, made once per owner of `memo` (a stream)."""
+    key = ("impurity pool", id(t.pool))
+    if key not in memo or memo[key][0] is not t.pool:
+        memo[key] = (t.pool, _FlatPool(t.pool))
+    return memo[key][1]
 
 
 def impurity_phase(t: ImpurityPhase, s: FlatState, rng: np.random.Generator) -> None:
@@ -223,7 +222,7 @@ def impurity_phase(t: ImpurityPhase, s: FlatState, rng: np.random.Generator) -> 
     p = s.peaks
     n = p.n_rows
     active = _active(rng, t, n)
-    pool = _flat_pool(t)
+    pool = _flat_pool(t, s.memo)
     pick = rng.integers(pool.size, size=n)
     fraction = rng.uniform(*t.fraction, n)
     weight = np.where(active, fraction * p.row_max(), 0.0)

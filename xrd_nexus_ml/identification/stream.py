@@ -8,6 +8,12 @@ factor B = 0), and every draw re-applies what varies: an isotropic Debye-Waller 
 (strain, peak loss, intensity scaling, shifts, crystallite size, background, noise, measured
 range). Each draw is new: there is no fixed set of augmented copies to leak from.
 
+Two ways to draw the same distribution: "fft" (the default) keeps a batch's peaks as one flat
+list, applies the transforms there and on float32 NumPy patterns (`flat_augment`), and renders by
+FFT (`render`): thousands of patterns per second on two cores, so training waits on the network,
+not on its data (`xrd-nexus-ml bench train-identify`). "windowed" runs the transforms themselves
+on padded peak lists and `physics.profiles.render`, the reference the fast path is tested against.
+
 Preferred orientation acts here on merged peaks with their representative hkl (the reflections
 of a merged peak are symmetry equivalents, so one March-Dollase factor per peak is an
 approximation that is adequate for augmentation).
@@ -233,6 +239,7 @@ class ReferenceStream:
         self.kalpha2_probability = float(kalpha2_probability)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self._memo: dict = {}  # the flat transforms' prepared state (the impurity pool as a flat list)
 
     def config(self) -> dict:
         """The recipe for a model card (an impurity pool is named, not listed: it is the library)."""
@@ -285,7 +292,8 @@ class ReferenceStream:
         """`draw` on flat stick lists: the same stages and transforms, drawn from the NumPy generator."""
         lo, hi = self.b_range
         peaks = self.cache.flat_peaks(references, self.rng.uniform(lo, hi, len(references)))
-        state = FlatState(peaks=peaks, settings=self._settings(self.rng.random() < self.kalpha2_probability))
+        state = FlatState(peaks=peaks, settings=self._settings(self.rng.random() < self.kalpha2_probability),
+                          memo=self._memo)
         for stage in ("reflections", "peaks"):
             for t in self.pipeline:
                 if t.stage == stage:
