@@ -31,6 +31,8 @@ from xrd_nexus_ml.physics.profiles import RenderSettings
 
 #: Widest ratio of adjacent anchor widths of a row.
 ANCHOR_RATIO = 1.5
+#: Rows whose width varies by less than this (log ratio) get one anchor at their mean width.
+_ONE_ANCHOR_SPAN = math.log(1.02)
 #: Grid points added on either side, so peaks just outside the grid leave their tails on it and
 #: the circular convolution's wrap-around falls outside the grid.
 PAD = 256
@@ -111,39 +113,50 @@ def render_flat(row: np.ndarray, q: np.ndarray, intensity: np.ndarray, n_rows: i
     knots = np.linspace(grid.start, min(grid.stop, 0.999 * 4.0 * math.pi / settings.wavelength), 33)
     w_knots = np.sqrt(fwhm_squared(knots[None, :], settings, scherrer[:, None])) / step  # (B, 33) points
     w_lo, w_hi = w_knots.min(1), w_knots.max(1)
-    segments = int(np.ceil(np.log(w_hi / w_lo).max() / math.log(ANCHOR_RATIO) - 1e-9)) if n_rows else 0
-    n_anchor = max(segments, 0) + 1
-    ratio = (w_hi / w_lo) ** (1.0 / max(n_anchor - 1, 1))
+    # anchors per row: as few as keep adjacent ones within ANCHOR_RATIO (one where the width is constant)
+    span = np.log(w_hi / w_lo)
+    per_row = np.where(span < _ONE_ANCHOR_SPAN, 1, np.ceil(span / math.log(ANCHOR_RATIO) - 1e-9).astype(np.int64) + 1)
+    per_row = np.maximum(per_row, 1)
+    n_anchor = int(per_row.max()) if n_rows else 1
+    ratio = np.exp(span / np.maximum(per_row - 1, 1))
     anchors = w_lo[:, None] * ratio[:, None] ** np.arange(n_anchor)  # (B, K) FWHM in points
+    # one histogram (slot) per (anchor, row) in use, anchor-major: anchor k's rows are one block
+    slot = np.full((n_anchor, n_rows), -1, dtype=np.int64)
+    in_use = np.arange(n_anchor)[:, None] < per_row[None, :]
+    slot[in_use] = np.arange(int(in_use.sum()))
     # sticks: position in padded points, own width, and their split between two anchors
     position = (q - grid.start) / step + PAD
     width_p = np.sqrt(_instrument_fwhm2(q, settings) + scherrer[row] ** 2) / step
     n_pad = n + 2 * PAD
     keep = (intensity > 0) & (position >= 0) & (position < n_pad - 1)
     row, position, width_p, intensity = row[keep], position[keep], width_p[keep], intensity[keep]
-    if n_anchor > 1:
-        j = np.floor(np.log(np.clip(width_p / w_lo[row], 1.0, None)) / np.log(ratio[row]) + 1e-9).astype(np.int64)
-        j = np.clip(j, 0, n_anchor - 2)
-        lo, hi = anchors[row, j], anchors[row, j + 1]
-        t = np.clip((width_p**2 - lo**2) / (hi**2 - lo**2), 0.0, 1.0)
-    else:
-        j, t = np.zeros(len(row), dtype=np.int64), np.zeros(len(row))
+    k_row = per_row[row]
+    j = np.floor(np.log(np.clip(width_p / w_lo[row], 1.0, None)) / np.log(ratio[row]) + 1e-9).astype(np.int64)
+    j = np.clip(j, 0, np.maximum(k_row - 2, 0))
+    lo, hi = anchors[row, j], anchors[row, np.minimum(j + 1, k_row - 1)]
+    t = np.where(k_row > 1, np.clip((width_p**2 - lo**2) / np.maximum(hi**2 - lo**2, 1e-12), 0.0, 1.0), 0.0)
     i0 = np.floor(position).astype(np.int64)
     frac = position - i0
-    base = (j * n_rows + row) * n_pad + i0  # flat index into (K, B, n_pad)
-    lower, upper = (1 - t) * intensity, t * intensity
-    index = [base, base + 1]
-    weight = [lower * (1 - frac), lower * frac]
-    if n_anchor > 1:
-        index += [base + n_rows * n_pad, base + n_rows * n_pad + 1]
-        weight += [upper * (1 - frac), upper * frac]
-    hist = np.bincount(np.concatenate(index), np.concatenate(weight), minlength=n_anchor * n_rows * n_pad)
-    spectra = scipy.fft.rfft(hist.reshape(n_anchor, n_rows, n_pad).astype(np.float32), axis=-1)
+    lower = slot[j, row] * n_pad + i0
+    upper = slot[np.minimum(j + 1, k_row - 1), row] * n_pad + i0
+    w_lower, w_upper = (1 - t) * intensity, t * intensity
+    index = np.concatenate([lower, lower + 1, upper, upper + 1])
+    weight = np.concatenate([w_lower * (1 - frac), w_lower * frac, w_upper * (1 - frac), w_upper * frac])
+    n_slots = int(in_use.sum())
+    hist = np.bincount(index, weight, minlength=n_slots * n_pad).reshape(n_slots, n_pad)
+    spectra = scipy.fft.rfft(hist.astype(np.float32), axis=-1)
     f = (np.arange(spectra.shape[-1]) / n_pad).astype(np.float32)  # cycles per point
-    eta = _row_values(profile.eta, n_rows, 0.5)[:, None]
+    eta = _row_values(profile.eta, n_rows, 0.5)
+    start = 0
     for k in range(n_anchor):
-        spectra[k] *= _kernel_spectra(anchors[:, k, None], f, profile.shape, eta)
-    total = spectra.sum(0)
+        rows = np.flatnonzero(in_use[k])  # every row has anchor 0
+        block = spectra[start:start + len(rows)]
+        block *= _kernel_spectra(anchors[rows, k, None], f, profile.shape, eta[rows, None])
+        if k == 0:
+            total = block
+        else:
+            total[rows] += block
+        start += len(rows)
     out = scipy.fft.irfft(total, n=n_pad, axis=-1)[:, PAD:PAD + n]
     out *= np.float32(1.0 / step)  # sampled profiles are per Å^-1
     return np.ascontiguousarray(out, dtype=np.float32)
