@@ -352,6 +352,14 @@ def background(t: Background, s: FlatState, rng: np.random.Generator) -> None:
     y[rows] += bg
 
 
+def _put(s: FlatState, rows: np.ndarray, values: np.ndarray) -> None:
+    """Rows `rows` of the pattern get `values` on their measured points."""
+    if len(rows) == len(s.intensity) and s.mask.all():
+        s.intensity = values
+    else:
+        s.intensity[rows] = np.where(s.mask[rows], values, s.intensity[rows])
+
+
 def poisson_noise(t: PoissonNoise, s: FlatState, rng: np.random.Generator) -> None:
     """Counting statistics at a maximum of N counts (log-uniform), on the measured points: exact below
     `POISSON_EXACT_BELOW` counts, above it a normal with the Poisson's mean, variance and skewness
@@ -380,7 +388,7 @@ def poisson_noise(t: PoissonNoise, s: FlatState, rng: np.random.Generator) -> No
     low = lam < POISSON_EXACT_BELOW
     noisy[low] = rng.poisson(lam[low])
     noisy /= scale[rows, None]
-    y[rows] = np.where(mask[rows], noisy, y[rows])
+    _put(s, rows, noisy)
 
 
 def gaussian_noise(t: GaussianNoise, s: FlatState, rng: np.random.Generator) -> None:
@@ -398,7 +406,7 @@ def gaussian_noise(t: GaussianNoise, s: FlatState, rng: np.random.Generator) -> 
     noisy += y[rows]
     if t.clip_negative:
         np.clip(noisy, 0.0, None, out=noisy)
-    y[rows] = np.where(mask[rows], noisy, y[rows])
+    _put(s, rows, noisy)
 
 
 def range_mask(t: RangeMask, s: FlatState, rng: np.random.Generator) -> None:
