@@ -30,7 +30,8 @@ from xrd_nexus_ml.physics import PowderSimulator
 
 
 class _Batches(IterableDataset):
-    """The stream as a DataLoader source; each worker draws with its own seed on one thread."""
+    """The stream as a DataLoader source; each worker draws with its own seed on one thread. The
+    stream has drawn once in this process, so workers inherit its flat cache and impurity pool."""
 
     def __init__(self, stream: ReferenceStream, seed: int):
         self.stream, self.seed = stream, seed
@@ -38,10 +39,9 @@ class _Batches(IterableDataset):
     def __iter__(self):
         torch.set_num_threads(1)
         info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        stream = ReferenceStream(self.stream.cache, self.stream.simulator, self.stream.references,
-                                 self.stream.batch_size, self.seed + 7919 * worker, self.stream.pipeline,
-                                 renderer=self.stream.renderer)
+        seed = self.seed + 7919 * (info.id if info is not None else 0)
+        stream = self.stream  # this worker's own copy
+        stream.rng, stream.generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
         for draw in stream:
             yield draw.inputs, torch.from_numpy(draw.reference)
 
@@ -61,6 +61,7 @@ def _draw_rate(stream: ReferenceStream, batches: int) -> float:
 def _loader_rate(stream: ReferenceStream, workers: int, batches: int, seed: int, step=None) -> float:
     """Patterns/s from DataLoader workers, timed from the first batch's arrival (start-up left out);
     `step(x, refs)` runs on each batch in this process when given."""
+    stream.draw()  # the flat cache and pool are built here, once, before the workers fork
     loader = iter(DataLoader(_Batches(stream, seed), batch_size=None, num_workers=workers, prefetch_factor=4))
     try:
         x, refs = next(loader)
@@ -97,7 +98,7 @@ def bench_train_identify(classes: int = 1000, batch_size: int = 256, batches: in
                                renderer=renderer)
 
     generated = _draw_rate(stream("fft"), batches)
-    generated_workers = _loader_rate(stream("fft"), workers, batches, seed + 1) if workers else None
+    generated_workers = _loader_rate(stream("fft"), workers, 2 * batches, seed + 1) if workers else None
     old = _draw_rate(stream("windowed"), old_batches) if old_batches else None
 
     config = BuildConfig()
