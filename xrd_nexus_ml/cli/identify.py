@@ -1,5 +1,5 @@
 """Identification commands: `classify`, `library build`, `train identify`, `evaluate identify`,
-`evaluate scaling`, `bench infer`."""
+`evaluate scaling`, `bench infer`, `bench train-identify`."""
 
 from __future__ import annotations
 
@@ -225,9 +225,17 @@ def cmd_bench_infer(args) -> int:
     return 0
 
 
+def cmd_bench_train_identify(args) -> int:
+    from xrd_nexus_ml.evaluation.bench_train import bench_train_identify  # local: start-up time
+
+    print_json(bench_train_identify(classes=args.classes, batch_size=args.batch_size, batches=args.batches,
+                                    seed=args.seed, old_batches=args.old_batches, workers=args.workers))
+    return 0
+
+
 def add_parsers(sub, evaluate, bench, train) -> None:
     """`classify` and `library build` at the top level; `identify` under `train` and `evaluate`,
-    `scaling` under `evaluate`, `infer` under `bench`."""
+    `scaling` under `evaluate`, `infer` and `train-identify` under `bench`."""
     p = sub.add_parser("classify", help="identify the phases of pattern files; NeXus files: predictions of every "
                                         "frame in a new NXprocess group")
     p.add_argument("files", nargs="+", help="pattern files (.xy, .xye, .xrdml, .npy, ...) and/or NeXus/HDF5 files")
@@ -325,4 +333,17 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     b.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     b.add_argument("--json", action="store_true", help="(always JSON)")
     b.set_defaults(func=cmd_bench_infer)
+
+    b = bench.add_parser("train-identify", help="identification training: patterns/s generated, trained, and both "
+                                               "together (is the data or the network the bottleneck?)")
+    b.add_argument("--classes", type=int, default=1000, help="classes of the element-substituted AFLOW library")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--batches", type=int, default=20, help="batches timed for each figure")
+    b.add_argument("--old-batches", type=int, default=2,
+                   help="batches of the old windowed renderer, for the speed-up (0: skip)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers for the flat-out generation figure (default: one per core; 0: skip)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true", help="(always JSON)")
+    b.set_defaults(func=cmd_bench_train_identify)
 

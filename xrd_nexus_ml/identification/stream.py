@@ -8,6 +8,12 @@ factor B = 0), and every draw re-applies what varies: an isotropic Debye-Waller 
 (strain, peak loss, intensity scaling, shifts, crystallite size, background, noise, measured
 range). Each draw is new: there is no fixed set of augmented copies to leak from.
 
+Two ways to draw the same distribution: "fft" (the default) keeps a batch's peaks as one flat
+list, applies the transforms there and on float32 NumPy patterns (`flat_augment`), and renders by
+FFT (`render`): thousands of patterns per second on two cores, so training waits on the network,
+not on its data (`xrd-nexus-ml bench train-identify`). "windowed" runs the transforms themselves
+on padded peak lists and `physics.profiles.render`, the reference the fast path is tested against.
+
 Preferred orientation acts here on merged peaks with their representative hkl (the reflections
 of a merged peak are symmetry equivalents, so one March-Dollase factor per peak is an
 approximation that is adequate for augmentation).
@@ -23,11 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from xrd_nexus_ml.identification.flat_augment import FlatPeaks, FlatState, apply_flat
+from xrd_nexus_ml.identification.render import render_flat
 from xrd_nexus_ml.physics import CrystalBatch, PeakList, PowderSimulator
 from xrd_nexus_ml.physics.augment import (
     Background,
@@ -91,6 +99,7 @@ class PeakCache:
     hkl: list[torch.Tensor]
     reciprocal_lattice: torch.Tensor  # (n, 3, 3)
     lattice: torch.Tensor  # (n, 3, 3)
+    _flat: tuple | None = field(default=None, init=False, repr=False, compare=False)  # flat_peaks' arrays
 
     @classmethod
     def build(cls, structures: Sequence, simulator: PowderSimulator, chunk: int = 32) -> PeakCache:
@@ -130,30 +139,60 @@ class PeakCache:
     def lattices(self, indices: Sequence[int]) -> torch.Tensor:
         return self.lattice[torch.as_tensor(list(indices), dtype=torch.long)]
 
+    def flat_peaks(self, indices: Sequence[int], b_factor: np.ndarray | None = None) -> FlatPeaks:
+        """The peaks of references `indices` as one flat list (no padding), each damped by its
+        Debye-Waller B (Å²) if given."""
+        if self._flat is None or len(self._flat[3]) != len(self.q):
+            counts = np.array([len(q) for q in self.q], dtype=np.int64)
+            cat = lambda ts, shape: (torch.cat(ts).double().numpy() if ts else np.zeros(shape))  # noqa: E731
+            self._flat = (cat(self.q, (0,)), cat(self.intensity, (0,)),
+                          torch.cat(self.hkl).long().numpy() if self.hkl else np.zeros((0, 3), dtype=np.int64),
+                          counts, np.concatenate([[0], np.cumsum(counts)[:-1]]),
+                          self.reciprocal_lattice.double().numpy())
+        q_all, i_all, hkl_all, counts, starts, recip = self._flat
+        indices = np.asarray(indices, dtype=np.int64)
+        n = counts[indices]
+        row = np.repeat(np.arange(len(indices)), n)
+        take = np.repeat(starts[indices] - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
+        q, intensity = q_all[take], i_all[take]
+        if b_factor is not None:
+            intensity = intensity * np.exp(-np.asarray(b_factor, dtype=float)[row] * q**2 / (8.0 * math.pi**2))
+        return FlatPeaks(row=row, q=q, intensity=intensity, hkl=hkl_all[take],
+                         reciprocal_lattice=recip[indices], n_rows=len(indices))
+
 
 def _fill_outside(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Rows of `y` with unmeasured points set to the nearest measured value (a flat extension)."""
+    """Rows of `y` with unmeasured points set to the nearest measured value (a flat extension),
+    and detector gaps inside the measured span bridged linearly."""
+    n, g = y.shape
     out = y.copy()
-    for row in range(y.shape[0]):
-        idx = np.flatnonzero(mask[row])
-        if idx.size == 0:
-            continue
-        lo, hi = idx[0], idx[-1]
+    measured = mask.any(1)
+    first = mask.argmax(1)
+    last = g - 1 - mask[:, ::-1].argmax(1)
+    for row in np.flatnonzero(measured & ((first > 0) | (last < g - 1))):  # slice fills: cheap per row
+        lo, hi = first[row], last[row]
         out[row, :lo] = y[row, lo]
         out[row, hi + 1:] = y[row, hi]
-        gaps = ~mask[row, lo:hi + 1]
-        if gaps.any():  # a detector gap: interpolate across it
-            xs = np.arange(lo, hi + 1)
-            out[row, lo:hi + 1][gaps] = np.interp(xs[gaps], xs[~gaps], y[row, lo:hi + 1][~gaps])
+    gaps = measured & (np.count_nonzero(mask, axis=1) < last - first + 1)
+    if gaps.any():  # detector gaps: interpolate across each from its measured neighbours
+        index = np.arange(g)
+        m, yg = mask[gaps], y[gaps]
+        before = np.maximum.accumulate(np.where(m, index, 0), axis=1)
+        after = np.minimum.accumulate(np.where(m, index, g - 1)[:, ::-1], axis=1)[:, ::-1]
+        y0, y1 = np.take_along_axis(yg, before, 1), np.take_along_axis(yg, after, 1)
+        bridged = y0 + (y1 - y0) * (index - before) / np.maximum(after - before, 1)
+        inside = ~m & (index > first[gaps, None]) & (index < last[gaps, None])
+        out[gaps] = np.where(inside, bridged, out[gaps])
     return out
 
 
 def prepare_inputs(intensity: np.ndarray, mask: np.ndarray, step_q: float,
-                   snip_width_q: float = SNIP_WIDTH_Q) -> np.ndarray:
-    """(n, 2, G) float32 model input of raw patterns on the model grid: SNIP, normalise, √, mask."""
-    y = np.where(mask, np.asarray(intensity, dtype=float), 0.0)
+                   snip_width_q: float = SNIP_WIDTH_Q, dtype=float) -> np.ndarray:
+    """(n, 2, G) float32 model input of raw patterns on the model grid: SNIP, normalise, √, mask.
+    dtype: of the arithmetic before the input is made (float32: the fast stream's)."""
+    y = np.where(mask, np.asarray(intensity, dtype=dtype), dtype(0))
     width = max(1, int(round(snip_width_q / step_q)))
-    background = snip_background(_fill_outside(y, mask), width)
+    background = snip_background(_fill_outside(y, mask), width, dtype)
     y = np.where(mask, np.clip(y - background, 0.0, None), 0.0)
     return model_input(y, mask)
 
@@ -172,11 +211,20 @@ class ReferenceStream:
     b_range: isotropic Debye-Waller B in Å² per pattern. pipeline: peak- and pattern-stage
     transforms (crystal-stage ones are not applied: the peaks are cached). kalpha2_probability:
     share of batches rendered with a Cu Kα2 doublet (half the Kα1 height), as an unmonochromated
-    laboratory tube gives; the rest are monochromatic, as at a beamline."""
+    laboratory tube gives; the rest are monochromatic, as at a beamline.
+    renderer: "fft" (flat stick lists, `flat_augment` and `render.render_flat`: thousands of patterns
+    per second) or "windowed" (padded peak lists through the transforms themselves and
+    `physics.profiles.render`: the reference the fast path is checked against)."""
 
     def __init__(self, cache: PeakCache, simulator: PowderSimulator, references: Sequence[int],
                  batch_size: int = 64, seed: int = 0, pipeline: Compose | None = None,
-                 b_range: tuple[float, float] = (0.0, 1.5), kalpha2_probability: float = 0.5):
+                 b_range: tuple[float, float] = (0.0, 1.5), kalpha2_probability: float = 0.5,
+                 renderer: str = "fft"):
+        if renderer not in ("fft", "windowed"):
+            raise ValueError(f"renderer must be 'fft' or 'windowed', got {renderer!r}")
+        if renderer == "fft" and simulator.grid.axis != "q":
+            raise ValueError("the fft renderer draws on a q grid; use renderer='windowed' for a 2θ grid")
+        self.renderer = renderer
         if not len(references):
             raise ValueError("a reference stream needs at least one reference")
         self.cache, self.simulator = cache, simulator
@@ -191,6 +239,7 @@ class ReferenceStream:
         self.kalpha2_probability = float(kalpha2_probability)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self._memo: dict = {}  # the flat transforms' prepared state (the impurity pool as a flat list)
 
     def config(self) -> dict:
         """The recipe for a model card (an impurity pool is named, not listed: it is the library)."""
@@ -203,12 +252,15 @@ class ReferenceStream:
             transforms.append(entry)
         return {"transforms": transforms, "debye_waller_b_range": list(self.b_range),
                 "batch_size": self.batch_size, "snip_width_q": SNIP_WIDTH_Q,
-                "kalpha2_probability": self.kalpha2_probability, "kalpha2_ratio": 0.5, "input": "sqrt(max-normalised)"}
+                "kalpha2_probability": self.kalpha2_probability, "kalpha2_ratio": 0.5, "input": "sqrt(max-normalised)",
+                "renderer": self.renderer}
 
     def draw(self, references: np.ndarray | None = None) -> Draw:
         """One batch: `references` (indices into the cache) or a balanced random choice."""
         if references is None:
             references = self.rng.choice(self.references, size=self.batch_size, replace=True)
+        if self.renderer == "fft":
+            return self._draw_flat(np.asarray(references, dtype=np.int64))
         lo, hi = self.b_range
         b = lo + (hi - lo) * torch.rand(len(references), generator=self.generator)
         peaks = self.cache.peaks(references, b)
@@ -216,11 +268,7 @@ class ReferenceStream:
         n = len(references)
         crystals = CrystalBatch(lattice=lattice, frac_coords=torch.zeros(n, 0, 3), atomic_numbers=torch.zeros(n, 0,
                                 dtype=torch.long), occupancy=torch.zeros(n, 0), b_factors=torch.zeros(n, 0))
-        settings = self.simulator.settings
-        if float(torch.rand((), generator=self.generator)) < self.kalpha2_probability:
-            profile = settings.profile.replace(kalpha2_ratio=0.5,
-                                               kalpha2_wavelength=settings.wavelength * CU_KALPHA2_RATIO)
-            settings = replace(settings, profile=profile)
+        settings = self._settings(float(torch.rand((), generator=self.generator)) < self.kalpha2_probability)
         state = SimulatedBatch(crystals=crystals, settings=settings, reflections=peaks)
         state = self.pipeline.apply("reflections", state, self.generator)
         state.peaks = state.reflections
@@ -230,6 +278,34 @@ class ReferenceStream:
         state = self.pipeline.apply("pattern", state, self.generator)
         inputs = prepare_inputs(state.intensity.numpy(), state.mask.numpy(), self.simulator.grid.step)
         return Draw(inputs=torch.from_numpy(inputs), reference=np.asarray(references))
+
+    def _settings(self, kalpha2: bool):
+        """The simulator's render settings, with a Cu Kα2 doublet at half height if asked."""
+        settings = self.simulator.settings
+        if kalpha2:
+            profile = settings.profile.replace(kalpha2_ratio=0.5,
+                                               kalpha2_wavelength=settings.wavelength * CU_KALPHA2_RATIO)
+            settings = replace(settings, profile=profile)
+        return settings
+
+    def _draw_flat(self, references: np.ndarray) -> Draw:
+        """`draw` on flat stick lists: the same stages and transforms, drawn from the NumPy generator."""
+        lo, hi = self.b_range
+        peaks = self.cache.flat_peaks(references, self.rng.uniform(lo, hi, len(references)))
+        state = FlatState(peaks=peaks, settings=self._settings(self.rng.random() < self.kalpha2_probability),
+                          memo=self._memo)
+        for stage in ("reflections", "peaks"):
+            for t in self.pipeline:
+                if t.stage == stage:
+                    apply_flat(t, state, self.rng, self.generator)
+        p = state.peaks
+        state.intensity = render_flat(p.row, p.q, p.intensity, p.n_rows, state.settings)
+        state.mask = np.ones(state.intensity.shape, dtype=bool)
+        for t in self.pipeline:
+            if t.stage == "pattern":
+                apply_flat(t, state, self.rng, self.generator)
+        inputs = prepare_inputs(state.intensity, state.mask, self.simulator.grid.step, dtype=np.float32)
+        return Draw(inputs=torch.from_numpy(inputs), reference=references)
 
     def __iter__(self) -> Iterator[Draw]:
         while True:
