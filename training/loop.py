@@ -19,6 +19,17 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.l
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
 
 
+def warmup_cosine_by(optimizer: torch.optim.Optimizer, progress) -> torch.optim.lr_scheduler.LambdaLR:
+    """`warmup_cosine` over a progress `progress()` in [0, 1] instead of a step count: a run
+    with a time budget passes the share of its budget spent, so its rate decays to zero when
+    the time is up, however many steps that turned out to be."""
+    def factor(_step: int) -> float:
+        done = min(1.0, max(0.0, float(progress())))
+        return min(1.0, max(done, 1e-3) / 0.05) * 0.5 * (1 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class ReplayBuffer:
     """The last `capacity` training rows (inputs and integer labels), sampled uniformly."""
 

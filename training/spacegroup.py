@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.loop import ReplayBuffer, gradient_step, warmup_cosine
+from training.loop import ReplayBuffer, gradient_step, warmup_cosine, warmup_cosine_by
 from training.ray_feed import RayBatchFeed
 from training.streams import PatternStream, SyntheticSource
 from xrd_nexus_ml.device import describe_device, resolve_device
@@ -88,10 +88,15 @@ class TrainConfig:
     calibration_patterns: int = 1024
     crystalline_quantile: float = 0.01
     evaluate_real: bool = True  # score the AFLOW prototypes + pyxtal CIFs into the card at the end
+    # train for this many seconds instead (steps is then only a cap): the learning rate follows the
+    # clock, so a device lent for minutes ends with a fully decayed model whatever its throughput
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2 or self.replay < 0 or self.workers < 0 or self.ray_actors < 1:
             raise TrainingConfigError("steps >= 1, batch_size >= 2, replay >= 0, workers >= 0, ray_actors >= 1 needed")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise TrainingConfigError(f"max_seconds must be positive, got {self.max_seconds}")
         if not 0.0 <= self.non_crystal_fraction < 1.0:
             raise TrainingConfigError(f"non_crystal_fraction must be in [0, 1), got {self.non_crystal_fraction}")
         if set(self.loss_weights) != set(HEADS):
@@ -288,7 +293,13 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
     resnet = config.resnet()
     network = SymmetryClassifier(resnet, head_sizes()).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(optimizer, config.steps)
+    clock = time.perf_counter()
+
+    def time_spent() -> float:
+        return (time.perf_counter() - clock) / config.max_seconds
+
+    timed = config.max_seconds is not None
+    schedule = warmup_cosine_by(optimizer, time_spent) if timed else warmup_cosine(optimizer, config.steps)
     recipe = json.dumps({k: v for k, v in asdict(config).items() if k not in ("device", "evaluate_real")},
                         sort_keys=True)
     step, history = 0, []
@@ -321,7 +332,7 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
     network.train()
     correct = seen = 0
     try:
-        while step < last_step:
+        while step < last_step and not (timed and time_spent() >= 1.0):
             x, y = _fresh_rows(next(source), config.non_crystal_fraction, rng)
             n_fresh = x.shape[0]
             replayed = replay.sample(n_fresh)
@@ -357,10 +368,10 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
         import torch.distributed as dist
 
         dist.barrier()
-        if rank != 0 or step < config.steps:
+        if rank != 0 or (step < config.steps and not timed):
             dist.destroy_process_group()
             return None
-    if step < config.steps:  # stopped early on purpose: the checkpoint holds the run
+    if step < config.steps and not timed:  # stopped early on purpose: the checkpoint holds the run
         return None
     model = SpaceGroupModel(network=network.eval(), grid=CANONICAL_GRID, architecture=resnet)
     inputs, labels = _draw_fixed(config, config.calibration_patterns, config.seed + 104729)
@@ -370,6 +381,7 @@ def train_model(out, config: TrainConfig | None = None, progress: bool = True, r
         "data": "synthetic crystals of all 230 space groups, generated and simulated on the fly "
                 "(xrd_nexus_ml.physics.synthetic + 'measured' augmentations) plus non-crystal patterns",
         "fresh_crystals_seen": int(step * config.batch_size * world), "resumed_from_step": resumed_from,
+        "steps_done": step,
         "loss_history": history,
         "seconds": {"training": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
         "device": describe_device(device),

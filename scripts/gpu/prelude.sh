@@ -3,7 +3,7 @@
 PY=${PYTHON:-python3}
 OUT=${OUT:?set OUT to the folder that receives the results}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null && ! "$PY" -c "import pymatgen, spglib" 2>/dev/null; then
+if compgen -G ".whl/*.whl" >/dev/null && ! "$PY" -c "import pymatgen, spglib, pyxtal" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi

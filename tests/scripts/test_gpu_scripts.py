@@ -42,3 +42,17 @@ def test_scripts_refuse_to_run_without_out(tmp_path):
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts" / "gpu").glob("*.sh")))
 def test_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu" / script)]).returncode == 0
+
+
+def test_spacegroup_campaign_tiny(tmp_path):
+    """15 s of training by the clock, then a bundle that loads and an evaluation on the real structures."""
+    done = _run("spacegroup.sh", tmp_path, SPACEGROUP_TINY="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = json.loads((tmp_path / "spacegroup-train.json").read_text())
+    assert train["device"].startswith("cpu")
+    card = json.loads((tmp_path / "spacegroup" / "card.json").read_text())
+    assert card["training"]["steps_done"] >= 1 and card["training"]["recipe"]["max_seconds"] == 15
+    assert not (tmp_path / "spacegroup" / "checkpoint.pt").exists()
+    evaluation = json.loads((tmp_path / "spacegroup-eval.json").read_text())
+    assert 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
+    assert "real structures (imperfect): top-1" in done.stdout
