@@ -518,7 +518,8 @@ def evaluate_size(library: PhaseLibrary, steps: int | None = None, batch_size: i
     dev = resolve_device(device)
     started = time.perf_counter()
     simulator = PowderSimulator(device="cpu")
-    cache = PeakCache.build([p.structure for p in library.phases], simulator)
+    builder = simulator if dev.type == "cpu" else PowderSimulator(device=dev)  # peaks once, where it is fastest
+    cache = PeakCache.build([p.structure for p in library.phases], builder, chunk=32 if dev.type == "cpu" else 512)
     cache_seconds = time.perf_counter() - started
     phase_class = library.phase_classes
     n_classes = len(library.classes)

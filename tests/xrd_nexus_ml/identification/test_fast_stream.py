@@ -298,3 +298,12 @@ def test_fast_and_windowed_streams_draw_the_same_patterns_on_average(cache, simu
     assert _cosine(means["fft"], means["windowed"]) > 0.98
     other = _stream(cache, simulator, seed=11, batch=96).draw(np.full(96, 2)).inputs[:, 0].numpy().mean(0)
     assert _cosine(means["fft"], other) < 0.9  # and another reference's patterns are told apart
+
+
+@pytest.mark.gpu
+def test_peak_cache_built_on_the_gpu_matches_the_cpu_and_lives_on_the_cpu(lmtof_references: Path, cache):
+    structures = [read_structure(lmtof_references / n) for n in NAMES]
+    on_gpu = PeakCache.build(structures, PowderSimulator(device="cuda"), chunk=512)
+    assert on_gpu.lattice.device.type == "cpu" and all(q.device.type == "cpu" for q in on_gpu.q)
+    for a, b, ia, ib in zip(on_gpu.q, cache.q, on_gpu.intensity, cache.intensity):
+        assert torch.allclose(a, b, rtol=1e-6) and torch.allclose(ia, ib, rtol=1e-5)
