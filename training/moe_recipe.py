@@ -127,8 +127,7 @@ class ExpertFirstRecipe(_Recipe):
         if stage == "gate":
             if net.router is not None:
                 return list(net.router.parameters())
-            own = [] if net.gate_encoder is None else list(net.gate_encoder.parameters())
-            return [*own, *net.gate_hidden.parameters(), *net.gate.parameters()]
+            return [*net.gate_hidden.parameters(), *net.gate.parameters()]
         return list(net.parameters())
 
     def _open(self, index: int) -> None:

@@ -261,7 +261,6 @@ class ScalingModels:
     expert_bin_channels: int = 8
     gate_hidden: int = 256  # as the shipped recipe (training/identify.py BuildConfig)
     inference_k: int = 4  # experts run per pattern at test time, as the shipped models
-    gate_encoder: bool = False  # the gate reads an encoder of its own (`build_moe`)
     router: bool = True  # route through class prototypes (`models.moe.PrototypeRouter`); False: element gate
 
     def resolved(self) -> ScalingModels:
@@ -278,7 +277,7 @@ class ScalingModels:
     def to_dict(self) -> dict[str, Any]:
         return {"trunk": self.trunk.to_dict(), "expert": self.expert.to_dict(), "embedding_dim": self.embedding_dim,
                 "k": self.k, "gate_bins": self.gate_bins, "gate_hidden": self.gate_hidden,
-                "inference_k": self.inference_k, "gate_encoder": self.gate_encoder, "router": self.router,
+                "inference_k": self.inference_k, "router": self.router,
                 "expert_bins": self.expert_bins,
                 "expert_bin_channels": self.expert_bin_channels}
 
@@ -379,7 +378,7 @@ class _MoE(_Arm):
                                    models.expert, models.embedding_dim, min(models.k, len(plan.elements)),
                                    gate_bins=models.gate_bins, gate_hidden=models.gate_hidden,
                                    expert_bins=models.expert_bins, expert_bin_channels=models.expert_bin_channels,
-                                   gate_encoder=models.gate_encoder, router=models.router))
+                                   router=models.router))
         self.training_k = self.network.gate.k
 
     def start(self, steps, lr, weight_decay):
