@@ -130,3 +130,25 @@ def test_evaluate_spacegroup_without_arguments_scores_the_real_structures(capsys
     result = json.loads(capsys.readouterr().out)
     assert result["n_patterns"] == result["n_aflow"] + result["n_pyxtal"] == result["clean"]["n_patterns"]
     assert 0.0 < result["top1"] <= result["top5"] <= 1.0
+
+
+def test_shipped_example_labels_come_from_their_cifs(capsys):
+    """examples/spacegroups.csv: each label is what spglib finds in the CIF the row names, and the
+    file scores the three measured examples as it is (`--labels examples/spacegroups.csv`)."""
+    import csv
+
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from xrd_nexus_ml.io import read_structure
+
+    labels = example_dir() / "spacegroups.csv"
+    rows = list(csv.DictReader(line for line in labels.read_text().splitlines() if not line.startswith("#")))
+    assert [r["file"] for r in rows] == ["MnO.xy", "Mn2O3.xy", "TiO2.xy"]
+    for r in rows:
+        structure = read_structure(example_dir() / r["cif"])
+        assert SpacegroupAnalyzer(structure, symprec=0.01).get_space_group_number() == int(r["space_group"])
+    assert main(["evaluate", "spacegroup", "--patterns", str(example_dir()), "--labels", str(labels),
+                 "--wavelength", "CuKa1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_patterns"] == 3 and [p["space_group"] for p in result["patterns"]] == [225, 206, 141]
+    assert set(result["accuracy_at_coverage"]) >= {"0.5", "1"} and 0.0 <= result["coverage"] <= 1.0
