@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from xrd_nexus_ml.bundle import resolve_bundle
-from xrd_nexus_ml.device import cpu_name, resolve_device
+from xrd_nexus_ml.device import describe_device, resolve_device
 from xrd_nexus_ml.identification.identifier import Identifier, _gaussian_sum
 from xrd_nexus_ml.identification.model import IdentificationModel
 from xrd_nexus_ml.preprocess.background import model_input
@@ -85,16 +85,15 @@ def bench_infer(model: str | Path | None = None, n: int = 512, batch_size: int =
     e2e_batched = time.perf_counter() - t
     e2e_median, e2e_p99 = _percentiles(e2e_single)
     size = sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file())
-    name = f"{cpu_name()} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     return {
         "what": "network: prepared pattern -> calibrated probabilities + prototype cosines; end_to_end: "
                 "Identifier.identify (preparation, network, fit and subtraction of every phase found)",
-        "device": name,
+        "device": describe_device(dev),
         "throughput_patterns_per_s": n / batched,
         "latency_median_ms": median,
         "latency_p99_ms": p99,
         "end_to_end": {"throughput_patterns_per_s": n / e2e_batched, "latency_median_ms": e2e_median,
-                       "latency_p99_ms": e2e_p99, "device": f"{cpu_name()} ({torch.get_num_threads()} threads)"},
+                       "latency_p99_ms": e2e_p99, "device": describe_device("cpu")},
         "batch_size": batch_size,
         "n_patterns": n,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

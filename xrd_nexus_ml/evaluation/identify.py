@@ -16,6 +16,7 @@ import torch
 from training.identify import BuildConfig, build_model
 from xrd_nexus_ml.bundle import resolve_bundle
 from xrd_nexus_ml.classify import read_pattern_file_first
+from xrd_nexus_ml.device import describe_device
 from xrd_nexus_ml.identification.identifier import Identifier
 from xrd_nexus_ml.identification.library import default_library, load_cif_library
 from xrd_nexus_ml.identification.model import IdentificationModel
@@ -205,7 +206,7 @@ def evaluate_identify(references=None, patterns=None, labels=None, wavelength=No
     return {"n_patterns": len(results), "recall": scores["recall"], "precision": scores["precision"],
             "exact_match": scores["exact_match"], "seconds_per_pattern": seconds / max(len(results), 1),
             "build_seconds": round(build_seconds, 2), "model_reused": reused, "model": str(folder),
-            "device": f"cpu ({torch.get_num_threads()} threads)",
+            "device": describe_device("cpu"),
             "n_references": len(library) if library is not None else len(model.sticks),
             "n_classes": len(model.classes), "max_strain": identifier.max_strain, "patterns": per_pattern,
             "open_set": open_set, "simulated_mixtures": mixtures}

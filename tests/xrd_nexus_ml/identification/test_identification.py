@@ -207,7 +207,7 @@ def test_evaluate_identify_reuses_the_model_by_content_hash(few_cifs, tmp_path, 
     else:  # a model of 10 steps may name nothing: precision is then undefined, not 0 or 1
         assert first["precision"] is None  # NaN in the library, null in strict JSON
     assert first["seconds_per_pattern"] > 0 and first["build_seconds"] > 0  # built here, not reused
-    assert re.fullmatch(r"cpu \(\d+ threads\)", first["device"]), first["device"]
+    assert re.fullmatch(r"cpu: .+, \d+ threads", first["device"]), first["device"]  # as describe_device
     assert first["n_references"] == len(FEW) and len(first["patterns"]) == first["n_patterns"]
     assert first["open_set"] is None
     mixtures = first["simulated_mixtures"]
@@ -237,7 +237,7 @@ def test_bench_infer_prints_the_promised_keys(tiny_model, capsys):
             "device"} <= set(result)
     assert result["throughput_patterns_per_s"] > 0 and result["latency_p99_ms"] >= result["latency_median_ms"] > 0
     assert result["n_patterns"] == 16 and result["batch_size"] == 8  # as asked
-    assert result["device"] == result["end_to_end"]["device"] and result["device"].endswith(" threads)")  # --device cpu
+    assert result["device"] == result["end_to_end"]["device"] and result["device"].startswith("cpu: ")  # --device cpu
     assert result["peak_rss_mb"] > result["model_mb"]  # the process holds the model
     assert 0 < result["model_mb"] < 20 and result["end_to_end"]["latency_median_ms"] > 0
 
