@@ -22,7 +22,9 @@ signed bias, share of ramps within one step), sigma_steps (reported uncertainty,
 statistical part), coverage_2sigma (share of ramps whose error is within twice the reported
 sigma: about 0.95 if it is honest; also for the statistical part alone), and
 frames_to_settle: frames received after the first frame past the true transition until the
-estimate is settled for good (mean and max over the ramps where it settled; `settled_ramps`).
+estimate is settled for good (mean and max over the ramps where it settled; `settled_ramps`);
+an estimate that settled before any frame past the transition arrived settled on a guess: it
+counts 0 frames here and is counted in `settled_before_transition`.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def evaluate_ramp(model, ramp, frames, injected: dict) -> dict:
         stat_sigmas.append(est.sigma_statistical / step)
         settle_at = _settle(records, k)
         first_past = int(np.argmax(ramp.pressures > truth_p))
-        settles.append(None if settle_at is None else settle_at - first_past)
+        settles.append(None if settle_at is None else settle_at - first_past)  # < 0: settled on a guess
     out.update({"transition_error_steps": errors, "sigma_steps": sigmas, "sigma_statistical_steps": stat_sigmas,
                 "frames_to_settle": settles,
                 "estimate_gpa": [b.pressure for b in final], "sigma_gpa": [b.sigma for b in final]})
@@ -128,9 +130,10 @@ def _summarise(per_ramp: list[dict]) -> dict:
         "coverage_2sigma": float(np.mean(np.abs(errors[finite]) <= 2 * sigmas[finite])) if finite.any() else 0.0,
         "coverage_2sigma_statistical": float(np.mean(np.abs(errors[finite]) <= 2 * stat_sigmas[finite]))
         if finite.any() else 0.0,
-        "frames_to_settle": float(np.mean(settled)) if settled else None,
-        "frames_to_settle_max": int(max(settled)) if settled else None,
+        "frames_to_settle": float(np.mean(np.maximum(settled, 0))) if settled else None,
+        "frames_to_settle_max": int(max(0, max(settled))) if settled else None,
         "settled_ramps": len(settled),
+        "settled_before_transition": sum(s < 0 for s in settled),
         "bad_frames_flagged": all(r["bad_frames_flagged"] for r in per_ramp),
         "resampled_frames_correct": sum(r["resampled_frame_correct"] for r in per_ramp),
         "per_ramp_error_steps": [round(float(e), 3) for e in errors],

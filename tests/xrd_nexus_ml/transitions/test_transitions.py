@@ -363,7 +363,9 @@ def test_evaluate_transition_json_keys(capsys):
         assert 0.0 <= scores["transition_error_steps"] <= scores["transition_error_steps_max"], name  # mean <= max
         assert 0 <= scores["settled_ramps"] <= result["n_ramps"], name
         assert (scores["frames_to_settle"] is None) == (scores["settled_ramps"] == 0), name
-        # a mean over the settled ramps (negative when the estimate settled before the transition)
+        assert scores["frames_to_settle"] is None or scores["frames_to_settle"] >= 0, name  # never "before" it
+        assert 0 <= scores["settled_before_transition"] <= scores["settled_ramps"], name
+        # a mean over the settled ramps
         assert scores["frames_to_settle"] is None or scores["frames_to_settle"] <= scores["frames_to_settle_max"], name
     assert result["models"]["end_to_end"]["bad_frames_flagged"]
 
