@@ -163,8 +163,8 @@ def _phase_from_entry(entry: Any) -> CommonPhase:
     structure = Structure.from_spacegroup(
         entry["space_group"], Lattice.from_parameters(*params), species, coords
     )
-    stated = Composition(entry["formula"]).reduced_composition
-    if not structure.composition.reduced_composition.almost_equals(stated):
+    stated = Composition(entry["formula"]).fractional_composition  # fractions: 'Fe0.9O' has no reduced integers
+    if not structure.composition.fractional_composition.almost_equals(stated):
         raise ValueError(f"the sites make {structure.composition.reduced_formula}, the entry says {entry['formula']}")
     density = entry.get("density")
     if density is not None and (isinstance(density, bool) or not isinstance(density, int | float) or density <= 0):
