@@ -275,7 +275,7 @@ def build_library_model(cif_dir, out, steps: int = 1500, seed: int = 0, progress
 
 
 def train_default_model(out, steps: int = 6000, seed: int = 0, progress: bool = True, resume: bool = True) -> dict:
-    """The shipped default: pymatgen's AFLOW prototypes + pyFAI's calibrants (`default_library`)."""
+    """The shipped default: pyFAI's calibrants, the common phases, pymatgen's AFLOW prototypes (`default_library`)."""
     library = default_library()
     model = build_model(library, out, BuildConfig(steps=steps, seed=seed), progress=progress, resume=resume)
     return {"out": str(out), "n_phases": len(library), "n_classes": len(model.classes),

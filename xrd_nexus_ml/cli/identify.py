@@ -269,7 +269,8 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_library_build)
 
-    t = train.add_parser("identify", help="the shipped default identification model (AFLOW prototypes + calibrants)")
+    t = train.add_parser("identify", help="the shipped default identification model (calibrants, common phases, AFLOW "
+                                                 "prototypes)")
     t.add_argument("--out", default=None, help="bundle folder (default: the package's own)")
     t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--seed", type=int, default=0)
@@ -291,8 +292,8 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     e.add_argument("--max-strain", type=strain_fraction, default=None, metavar="FRACTION", help=STRAIN_HELP)
     e.add_argument("--unknown", action="append", default=None, metavar="CIF_DIR|aflow",
                    help="also simulate these phases (those not in the library) and report how often they are "
-                        "called out of library, beside the library's own phases; 'aflow': the AFLOW prototypes "
-                        "and calibrants of the default library; may be repeated")
+                        "called out of library, beside the library's own phases; 'aflow': the default library "
+                        "(calibrants, common phases, AFLOW prototypes); may be repeated")
     e.add_argument("--steps", type=int, default=1500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default=None, help="where built models are kept (default ~/.cache/xrd-nexus-ml)")

@@ -47,8 +47,8 @@ def cached_model_dir(library, cache_dir: Path, steps: int, seed: int) -> Path:
 
 
 def unknown_phases(source: str):
-    """The phases of an `--unknown` source: a folder of CIFs, or "aflow" (the AFLOW prototypes
-    and calibrants of the shipped default library) unless a folder of that name exists."""
+    """The phases of an `--unknown` source: a folder of CIFs, or "aflow" (`default_library`: the
+    calibrants, the common phases and the AFLOW prototypes) unless a folder of that name exists."""
     aflow = source.lower() == "aflow" and not Path(source).is_dir()
     return (default_library() if aflow else load_cif_library(source)).phases
 

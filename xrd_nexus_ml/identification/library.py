@@ -28,7 +28,7 @@ from pymatgen.core import Composition, Element, Structure
 
 from xrd_nexus_ml.errors import StructureError, XrdNexusMlError
 from xrd_nexus_ml.io.readers import read_structure
-from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure
+from xrd_nexus_ml.references import CALIBRANTS, aflow_prototypes, calibrant_structure, common_phases
 
 log = logging.getLogger(__name__)
 
@@ -536,13 +536,16 @@ def name_mismatches(library: PhaseLibrary) -> list[tuple[str, str, str, str]]:
 
 
 def default_library(deduplicate: bool = True) -> PhaseLibrary:
-    """pymatgen's 288 AFLOW prototypes and the 4 pyFAI calibrants (Si, CeO2, LaB6, Al2O3).
+    """The 4 pyFAI calibrants, the literature common phases and pymatgen's 288 AFLOW prototypes.
 
-    Calibrants come first, so a prototype identical to one (corundum) is the one dropped.
-    Prototype names are 'aflow:<label>:<formula>' (a label alone repeats: AB_oP8_62_c_c is the
-    prototype of four compounds); their source is 'aflow:<label>'.
+    In that order, so where two are the same structure the earlier is kept: a calibrant over a
+    common phase over a prototype (corundum, fcc Cu, rocksalt NaCl, ...). Common phases keep their
+    names ('NaCl halite', 'TiO2 rutile'), their source is 'literature:<reference>'
+    (`references.common_phases`). Prototype names are 'aflow:<label>:<formula>' (a label alone
+    repeats: AB_oP8_62_c_c is the prototype of four compounds); their source is 'aflow:<label>'.
     """
     items: list[tuple[str, Structure, str]] = [(n, calibrant_structure(n), f"calibrant:{n}") for n in CALIBRANTS]
+    items.extend(common_phases())
     for label, structure in aflow_prototypes():
         items.append((f"aflow:{label}:{canonical_formula(structure)}", structure, f"aflow:{label}"))
     return library_from_structures(items, deduplicate=deduplicate)

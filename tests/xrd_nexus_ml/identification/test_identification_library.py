@@ -331,11 +331,11 @@ def test_score_arithmetic_on_canonical_labels():
 
 
 @pytest.mark.slow
-def test_default_library_of_prototypes_and_calibrants():
+def test_default_library_of_calibrants_common_phases_and_prototypes():
     library = default_library()
-    assert len(set(library.names)) == len(library) == 282 and len(library.classes) == 238
-    assert library.names[:4] == ["Si", "CeO2", "LaB6", "Al2O3"]  # calibrants first, all kept
+    assert len(set(library.names)) == len(library) == 388 and len(library.classes) == 331
+    assert library.names[:5] == ["Si", "CeO2", "LaB6", "Al2O3", "Al"]  # calibrants first, all kept; then common phases
     assert ("Al2O3", "aflow:A2B3_hR10_167_c_e:Al2O3") in library.duplicates
     plan = library.experts()
-    assert len(plan) == 68 and "O" in plan.elements and "H" not in plan.elements
+    assert len(plan) == 73 and "O" in plan.elements and "H" not in plan.elements
     assert plan.expert_classes[plan.elements.index("O")] == (library.class_index("O2"),)
