@@ -15,6 +15,7 @@ import pytest
 from pymatgen.core import Composition
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from xrd_nexus_ml.physics.symmetry import quiet_spglib
 from xrd_nexus_ml.references import (
     CATEGORIES,
     COMMON_PHASES_FILE,
@@ -43,7 +44,8 @@ def test_every_entry_loads_with_the_stated_space_group_and_formula(phases):
     wrong = []
     for entry in ENTRIES:
         structure = phases[entry["name"]].structure
-        found = SpacegroupAnalyzer(structure, symprec=1e-3).get_space_group_number()
+        with quiet_spglib():
+            found = SpacegroupAnalyzer(structure, symprec=1e-3).get_space_group_number()
         if found != entry["space_group_number"]:  # a wrong Wyckoff position lowers or raises it
             wrong.append((entry["name"], "space group", found, entry["space_group_number"]))
         if structure.composition.reduced_formula != Composition(entry["formula"]).reduced_formula:
