@@ -26,6 +26,8 @@ differ in their heads and routing, not in depth or in what the encoder may see.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import platform
@@ -482,8 +484,10 @@ def _build_arms(names: Sequence[str], models: ScalingModels, library: PhaseLibra
 
 
 def _checkpoint_file(checkpoint_dir, library: PhaseLibrary, steps: int, batch_size: int, seed: int,
-                     names: Sequence[str]) -> Path:
-    key = f"{library.content_hash()[:12]}-{steps}x{batch_size}-s{seed}-{'+'.join(names)}"
+                     names: Sequence[str], models: ScalingModels) -> Path:
+    """One file per library, budget, seed, arms and architecture: a call resumes only its own run."""
+    architecture = hashlib.sha256(json.dumps(models.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    key = f"{library.content_hash()[:12]}-{steps}x{batch_size}-s{seed}-{'+'.join(names)}-{architecture}"
     return Path(checkpoint_dir) / f"scaling-{len(library.classes)}-{key}.pt"
 
 
@@ -538,7 +542,7 @@ def evaluate_size(library: PhaseLibrary, steps: int | None = None, batch_size: i
     losses: list[list[float]] = [[] for _ in chosen]
     done, simulation_seconds = 0, 0.0
     ckpt = None if checkpoint_dir is None else _checkpoint_file(checkpoint_dir, library, total_steps, batch_size,
-                                                                 seed, names)
+                                                                 seed, names, models)
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         for i, arm in enumerate(chosen):

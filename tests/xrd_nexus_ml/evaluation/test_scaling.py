@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,10 +182,13 @@ def test_an_interrupted_run_is_tested_as_it_is_and_resumes_to_the_same_end(tmp_p
     assert first["resumed_from_step"] == 0
     assert first["checkpoint"] and (tmp_path / first["checkpoint"].rsplit("/", 1)[-1]).is_file()
     assert [r["model"] for r in first["results"]] == ["hierarchical", "moe_expert_first"]  # tested as they are
+    other_gate = evaluate_size(library, stop_after=0.0, **{**kwargs, "models": replace(SMALL, router=False)})
+    assert other_gate["resumed_from_step"] == 0  # another architecture never loads this run's checkpoint
+    assert other_gate["checkpoint"] != first["checkpoint"]
     second = evaluate_size(library, **kwargs)
     assert second["complete"] and second["steps_done"] == 4 and second["checkpoint"] is None
     assert second["resumed_from_step"] == 1
-    assert not list(tmp_path.glob("*.pt"))  # a finished run leaves no checkpoint behind
+    assert not Path(first["checkpoint"]).exists()  # a finished run leaves no checkpoint behind
     moe_first = next(r for r in first["results"] if r["model"] == "moe_expert_first")
     moe_second = next(r for r in second["results"] if r["model"] == "moe_expert_first")
     assert moe_second["final_loss"] is not None and moe_first["final_loss"] is not None
