@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from training.loop import warmup_cosine
+from training.loop import gradient_step, warmup_cosine
 from xrd_nexus_ml.models.moe import MixtureOfExperts
 
 
@@ -66,11 +66,7 @@ class _Recipe:
         self.done = 0
 
     def _update(self, loss: torch.Tensor, optimizer, schedule) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_norm)
-        optimizer.step()
-        schedule.step()
+        gradient_step(loss, self.network, optimizer, schedule, self.max_norm)
 
     def _loss(self, x, y, parts):
         coarse, experts = self.network.routing_targets(y)

@@ -269,8 +269,8 @@ def add_parsers(sub, evaluate, bench, train) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_library_build)
 
-    t = train.add_parser("identify", help="the shipped default identification model (calibrants, common phases, AFLOW "
-                                                 "prototypes)")
+    t = train.add_parser("identify", help="the shipped default identification model (calibrants, common phases, "
+                                          "AFLOW prototypes)")
     t.add_argument("--out", default=None, help="bundle folder (default: the package's own)")
     t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--seed", type=int, default=0)

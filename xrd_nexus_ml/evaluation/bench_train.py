@@ -5,8 +5,8 @@ class, as `evaluate scaling` uses):
 - generated: patterns per second the training stream draws flat out (`library_stream`, FFT
   renderer), in this process and in DataLoader workers on every core; and the old windowed
   renderer on the same library (a few batches), for the speed-up;
-- trained: patterns per second the mixture of experts of `training/identify.py` (same recipe,
-  teacher-routed `training_loss`, AdamW, clipped gradient step) trains on pre-generated batches;
+- trained: patterns per second the mixture of experts of `training/identify.py` (its recipe,
+  `training.moe_recipe`, from `BuildConfig`) trains on pre-generated batches;
 - together: patterns per second trained while one DataLoader worker draws them, as
   `training/identify.py` runs (the network on the other cores).
 """
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from training.identify import BuildConfig
-from training.loop import gradient_step, warmup_cosine
+from training.moe_recipe import make_recipe
 from xrd_nexus_ml.device import cpu_name
 from xrd_nexus_ml.evaluation.scaling import substituted_library
 from xrd_nexus_ml.identification.stream import PeakCache, ReferenceStream, identification_pipeline
@@ -108,16 +108,11 @@ def bench_train_identify(classes: int = 1000, batch_size: int = 256, batches: in
                         RegNetConfig.from_dict(config.trunk), RegNetConfig.from_dict(config.expert),
                         config.embedding_dim, config.k, gate_bins=config.gate_bins, gate_hidden=config.gate_hidden,
                         expert_bins=config.expert_bins, expert_bin_channels=config.expert_bin_channels)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = warmup_cosine(optimizer, 10 * (batches + 1))
+    recipe = make_recipe(config.recipe, network, 10 * (batches + 1), lr=config.lr, weight_decay=config.weight_decay)
     phase_class = library.phase_classes
-    network.train()
 
     def step(x: torch.Tensor, refs: torch.Tensor) -> None:
-        y = torch.as_tensor(phase_class[np.asarray(refs)], dtype=torch.long)
-        coarse, experts = network.routing_targets(y)
-        loss, _ = network.training_loss(x, y, coarse, experts)
-        gradient_step(loss, network, optimizer, schedule)
+        recipe.step(x, torch.as_tensor(phase_class[np.asarray(refs)], dtype=torch.long))
 
     ready = [stream("fft", seed + 2).draw() for _ in range(min(4, batches))]
     step(ready[0].inputs, ready[0].reference)  # first call pays for lazy set-up

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,9 +42,9 @@ import torch.nn.functional as F
 from pymatgen.core import Composition, Element, Structure
 from torch import nn
 
-from training.loop import warmup_cosine
+from training.loop import gradient_step, warmup_cosine
 from training.moe_recipe import make_recipe
-from xrd_nexus_ml.device import resolve_device
+from xrd_nexus_ml.device import cpu_name, resolve_device
 from xrd_nexus_ml.identification.library import (
     LibraryError,
     PhaseLibrary,
@@ -306,11 +305,7 @@ class _Arm:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.network.train()
         loss = self.loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
-        self.optimizer.step()
-        self.schedule.step()
+        gradient_step(loss, self.network, self.optimizer, self.schedule, max_norm=5.0)
         return loss.detach()
 
     def training_state(self) -> dict:
@@ -437,13 +432,7 @@ def _sync(device: torch.device) -> None:
 
 def _hardware(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on, for the README."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
